@@ -1,0 +1,109 @@
+"""Default configuration. Key names follow the original TOP-ReID / TransReID code so that its YAML files and
+command lines keep working; the values that were ``'yes'``/``'no'`` strings or 0/1 integers there are booleans here
+(the old spellings are still accepted when merging, see :mod:`configs.config`)."""
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# ----------------------------------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+_C.MODEL.DEVICE = "auto"  # auto | cpu | cuda | cuda:N
+_C.MODEL.DEVICE_ID = "0"  # kept for old configs; CUDA_VISIBLE_DEVICES is left to the user
+_C.MODEL.NAME = "TOPReID"
+_C.MODEL.TRANSFORMER_TYPE = "vit_base_patch16_224"  # any timm ViT/DeiT name, t2t_vit_t_14, t2t_vit_t_24
+_C.MODEL.PRETRAIN_CHOICE = "imagenet"  # imagenet | none
+_C.MODEL.PRETRAIN_PATH_T = ""  # ImageNet weights shared by the three backbones
+_C.MODEL.STRIDE_SIZE = [16, 16]
+_C.MODEL.SIE_CAMERA = True
+_C.MODEL.SIE_VIEW = False  # not used by these data sets; kept so old configs merge
+_C.MODEL.SIE_COE = 3.0
+_C.MODEL.DROP_PATH = 0.1
+_C.MODEL.DROP_OUT = 0.0
+_C.MODEL.ATT_DROP_RATE = 0.0
+_C.MODEL.SPECTRA = ["RGB", "NI", "TI"]  # spectra the model uses (single/dual-spectrum ablations)
+_C.MODEL.BASE = False  # baseline without TPM and CRM
+_C.MODEL.RE = True  # Complementary Reconstruction Module
+_C.MODEL.RE_LAYER = 1  # transformer blocks per reconstructor
+_C.MODEL.DIRECT = True  # True: one head on the concatenated CLS tokens; False: one head per spectrum
+_C.MODEL.TPM_HEADS = 0  # attention heads of TPM and CRM; 0 = 12, or 8 for T2T backbones (as the original)
+_C.MODEL.NECK = "bnneck"
+_C.MODEL.ID_LOSS_TYPE = "softmax"
+_C.MODEL.ID_LOSS_WEIGHT = 1.0
+_C.MODEL.TRIPLET_LOSS_WEIGHT = 1.0
+_C.MODEL.CRM_LOSS_WEIGHT = 1.0
+_C.MODEL.METRIC_LOSS_TYPE = "triplet"
+_C.MODEL.IF_LABELSMOOTH = True
+_C.MODEL.LABEL_SMOOTH = 0.1
+_C.MODEL.NO_MARGIN = True  # soft-margin triplet; False uses SOLVER.MARGIN
+_C.MODEL.GRAD_CHECKPOINT = False  # activation checkpointing in the backbones
+_C.MODEL.COMPILE = False  # torch.compile the model
+_C.MODEL.DIST_TRAIN = False  # set automatically under torchrun
+
+# ----------------------------------------------------------------------------------------------------------------------
+_C.INPUT = CN()
+_C.INPUT.SIZE_TRAIN = [256, 128]  # height, width
+_C.INPUT.SIZE_TEST = [256, 128]
+_C.INPUT.PROB = 0.5  # horizontal flip
+_C.INPUT.RE_PROB = 0.5  # random erasing
+_C.INPUT.PIXEL_MEAN = [0.5, 0.5, 0.5]
+_C.INPUT.PIXEL_STD = [0.5, 0.5, 0.5]
+_C.INPUT.PADDING = 10
+_C.INPUT.SHARE_AUG = False  # one set of random augmentation parameters for the three spectra of a sample
+
+# ----------------------------------------------------------------------------------------------------------------------
+_C.DATASETS = CN()
+_C.DATASETS.NAMES = "RGBNT201"  # RGBNT201 | RGBNT100 | MSVR310 | demo
+_C.DATASETS.ROOT_DIR = "./data"
+
+# ----------------------------------------------------------------------------------------------------------------------
+_C.DATALOADER = CN()
+_C.DATALOADER.SAMPLER = "softmax_triplet"  # softmax_triplet (P x K) | softmax (plain shuffle)
+_C.DATALOADER.NUM_INSTANCE = 16
+_C.DATALOADER.NUM_WORKERS = 8
+
+# ----------------------------------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+_C.SOLVER.OPTIMIZER_NAME = "SGD"  # SGD | AdamW
+_C.SOLVER.MAX_EPOCHS = 120
+_C.SOLVER.BASE_LR = 0.009
+_C.SOLVER.LARGE_FC_LR = False
+_C.SOLVER.BIAS_LR_FACTOR = 2.0
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.MARGIN = 0.3
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+_C.SOLVER.WEIGHT_DECAY_BIAS = 1e-4
+_C.SOLVER.SCHEDULER = "cosine"
+_C.SOLVER.WARMUP_ITERS = 10  # warm-up epochs (the original's name)
+_C.SOLVER.WARMUP_FACTOR = 0.01
+_C.SOLVER.WARMUP_METHOD = "linear"
+_C.SOLVER.MIN_LR_FACTOR = 0.001
+_C.SOLVER.SEED = 1111
+_C.SOLVER.IMS_PER_BATCH = 128
+_C.SOLVER.CHECKPOINT_PERIOD = 10
+_C.SOLVER.LOG_PERIOD = 10
+_C.SOLVER.EVAL_PERIOD = 1
+_C.SOLVER.AMP = True  # mixed precision on CUDA (ignored on CPU)
+_C.SOLVER.AMP_DTYPE = "fp16"  # fp16 (with a grad scaler) | bf16
+_C.SOLVER.GRAD_CLIP = 0.0  # max gradient norm; 0 disables
+_C.SOLVER.RESUME = False
+_C.SOLVER.DETERMINISTIC = False  # torch.use_deterministic_algorithms on GPU (slower)
+
+# ----------------------------------------------------------------------------------------------------------------------
+_C.TEST = CN()
+_C.TEST.IMS_PER_BATCH = 128
+_C.TEST.RE_RANKING = False
+_C.TEST.WEIGHT = ""
+_C.TEST.NECK_FEAT = "before"  # before | after the BNNeck
+_C.TEST.FEAT_NORM = True
+_C.TEST.MISS = "nothing"  # nothing | r | n | t | rn | rt | nt | all
+_C.TEST.SAVE_FEATURES = False
+
+# ----------------------------------------------------------------------------------------------------------------------
+_C.OUTPUT_DIR = "./logs/run"
+_C.OVERWRITE = False  # allow a new run into an OUTPUT_DIR that already holds one
+
+
+def get_cfg_defaults() -> CN:
+    """A fresh, mutable copy of the defaults."""
+    return _C.clone()
