@@ -1,0 +1,129 @@
+"""Feature extraction and evaluation over the seven missing-spectrum settings in one pass.
+
+Each batch's backbones run once; CRM completion, TPM and the neck then run per setting on those tokens. A setting
+that removes spectra never runs their backbones; with a single setting only the available backbones run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from utils import distributed as du
+from utils.metrics import ReIDEvaluator
+from utils.spectra import MISS_SETTINGS, missing_spectra
+
+logger = logging.getLogger(__name__)
+
+
+def settings_for(miss: str) -> list[str]:
+    """`TEST.MISS` value -> the list of settings to evaluate."""
+    if miss == "all":
+        return list(MISS_SETTINGS)
+    missing_spectra(miss)  # raises on an unknown setting
+    return [miss]
+
+
+@dataclass
+class ExtractedFeatures:
+    feats: dict[str, torch.Tensor]  # setting -> [N, F] float32 on CPU, in loader order (query then gallery)
+    pids: np.ndarray
+    camids: np.ndarray
+    sceneids: np.ndarray
+    names: list[str]
+    seconds: float
+
+
+def _autocast(device: torch.device, amp: bool, dtype: torch.dtype):
+    return torch.autocast(device.type, dtype=dtype, enabled=amp and device.type == "cuda")
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, loader: DataLoader, device: torch.device, settings: Sequence[str],
+                     amp: bool = False, amp_dtype: torch.dtype = torch.float16) -> ExtractedFeatures:
+    """Test features of every setting for the whole loader. Under torchrun each rank takes every world-th batch
+    and rank 0 receives everything, in loader order."""
+    model = getattr(model, "module", model)
+    was_training = model.training
+    model.eval()
+    missing = {s: missing_spectra(s) for s in settings}
+    used = set(model.spectra)
+    # Spectra whose backbone some setting needs; the others are never run.
+    needed = [s for s in model.spectra if any(s not in m for m in missing.values())]
+    for name, m in missing.items():
+        if used <= m:
+            raise ValueError(f"TEST.MISS setting {name!r} removes every spectrum the model uses ({sorted(used)})")
+    rank, world = du.get_rank(), (torch.distributed.get_world_size() if du.is_distributed() else 1)
+    start = time.perf_counter()
+    feats: dict[str, list[torch.Tensor]] = {s: [] for s in settings}
+    order: list[int] = []
+    pids, camids, sceneids, names = [], [], [], []
+    for batch_index, batch in enumerate(loader):
+        if batch_index % world != rank:
+            continue
+        order.append(batch_index)
+        images = {s: batch["images"][s].to(device, non_blocking=True) for s in needed}
+        cams = batch["camid"].to(device, non_blocking=True)
+        with _autocast(device, amp, amp_dtype):
+            tokens = model.backbone_tokens(images, cams)
+            for name, m in missing.items():
+                available = {s: t for s, t in tokens.items() if s not in m}
+                feats[name].append(model.features_from_tokens(available, m & used).float().cpu())
+        pids.append(batch["pid"].numpy())
+        camids.append(batch["camid"].numpy())
+        sceneids.append(batch["sceneid"].numpy())
+        names.extend(batch["name"])
+    if was_training:
+        model.train()
+    local = (order, {s: torch.cat(v) if v else torch.empty(0) for s, v in feats.items()}, pids, camids, sceneids, names)
+    if du.is_distributed():
+        gathered = du.all_gather_object(local)
+        by_batch: dict[int, tuple] = {}
+        for o, f, p, c, sc, n in gathered:
+            sizes = [len(x) for x in p]
+            offsets = np.cumsum([0] + sizes)
+            for k, b in enumerate(o):
+                by_batch[b] = ({s: f[s][offsets[k]:offsets[k + 1]] for s in settings}, p[k], c[k], sc[k],
+                               n[offsets[k]:offsets[k + 1]])
+        ordered = [by_batch[b] for b in sorted(by_batch)]
+        out_feats = {s: torch.cat([x[0][s] for x in ordered]) for s in settings}
+        pids = [x[1] for x in ordered]
+        camids = [x[2] for x in ordered]
+        sceneids = [x[3] for x in ordered]
+        names = [name for x in ordered for name in x[4]]
+    else:
+        out_feats = local[1]
+    return ExtractedFeatures(out_feats, np.concatenate(pids), np.concatenate(camids), np.concatenate(sceneids),
+                             names, time.perf_counter() - start)
+
+
+def evaluate_settings(extracted: ExtractedFeatures, num_query: int, junk_key: str, feat_norm: bool = True,
+                      rerank: bool = False) -> dict[str, dict[str, float]]:
+    """mAP / Rank-k / mINP per setting. ``junk_key`` is "camid" or "sceneid" (the data set's junk rule)."""
+    groups = extracted.camids if junk_key == "camid" else extracted.sceneids
+    results = {}
+    for setting, feats in extracted.feats.items():
+        evaluator = ReIDEvaluator(num_query, feat_norm=feat_norm, rerank=rerank)
+        evaluator.process(feats, extracted.pids, groups)
+        metrics = evaluator.compute()
+        results[setting] = {k: float(metrics[k]) for k in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")}
+    return results
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """A table like the paper's: one row per setting, percentages."""
+    labels = {"nothing": "all spectra", "r": "-RGB", "n": "-NI", "t": "-TI", "rn": "-RGB-NI", "rt": "-RGB-TI",
+              "nt": "-NI-TI"}
+    lines = [f"{'setting':<14}{'mAP':>8}{'Rank-1':>8}{'Rank-5':>8}{'Rank-10':>9}{'mINP':>8}"]
+    for setting, m in results.items():
+        lines.append(f"{labels.get(setting, setting):<14}{100 * m['mAP']:8.1f}{100 * m['Rank-1']:8.1f}"
+                     f"{100 * m['Rank-5']:8.1f}{100 * m['Rank-10']:9.1f}{100 * m['mINP']:8.1f}")
+    return "\n".join(lines)
+
