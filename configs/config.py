@@ -102,8 +102,9 @@ def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
 
 def _one_of(*allowed: str) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
-        return None if v in allowed else f"is not one of: {', '.join(allowed)}"
+        return None if isinstance(v, str) and v in allowed else f"is not one of: {', '.join(allowed)}"
 
+    check.allowed = allowed  # type: ignore[attr-defined]
     return check
 
 
@@ -120,6 +121,7 @@ def _number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fa
             return f"must be {'<' if hi_open else '<='} {hi}"
         return None
 
+    check.bounds = (lo, hi, lo_open, hi_open, integer)  # type: ignore[attr-defined]
     return check
 
 

@@ -1,0 +1,111 @@
+"""Config loading: old spellings accepted, every enumerated/numeric key validated with its name in the error."""
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from configs import ConfigError, get_cfg_defaults, load_config
+from configs.config import _RULES, VALIDATED_KEYS, validate
+
+CONFIGS = ["configs/RGBNT201/TOP-ReID.yml", "configs/RGBNT100/TOP-ReID.yml", "configs/MSVR310/TOP-ReID.yml",
+           "configs/demo/TOP-ReID.yml"]
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.MODEL.TRANSFORMER_TYPE
+
+
+def test_published_settings():
+    c201, c100, msvr = (load_config(p) for p in CONFIGS[:3])
+    assert (c201.SOLVER.BASE_LR, c201.SOLVER.WARMUP_ITERS, c201.MODEL.DIRECT) == (0.009, 10, True)
+    assert (c100.SOLVER.BASE_LR, c100.SOLVER.WARMUP_ITERS, c100.MODEL.DIRECT) == (0.009, 10, False)
+    assert (msvr.SOLVER.MAX_EPOCHS, msvr.SOLVER.BASE_LR, msvr.SOLVER.WARMUP_ITERS, msvr.MODEL.DIRECT) == \
+        (1000, 0.001, 100, False)
+    for cfg in (c201, c100, msvr):
+        assert cfg.MODEL.TRANSFORMER_TYPE == "vit_base_patch16_224" and list(cfg.INPUT.SIZE_TRAIN) == [256, 128]
+        assert cfg.MODEL.RE and cfg.MODEL.RE_LAYER == 1 and cfg.MODEL.SIE_CAMERA and cfg.TEST.FEAT_NORM
+
+
+def test_original_spellings_are_accepted(tmp_path):
+    yml = tmp_path / "old.yml"
+    yml.write_text("MODEL:\n  RE: 0\n  DIRECT: 1\n  IF_LABELSMOOTH: 'on'\nTEST:\n  FEAT_NORM: 'yes'\n"
+                   "  RE_RANKING: 'no'\nSOLVER:\n  BASE_LR: 1\n  WEIGHT_DECAY: 1e-4\n")
+    cfg = load_config(str(yml), ["MODEL.BASE", "no", "TEST.MISS", "rn", "SOLVER.BASE_LR", "0.008"])
+    assert cfg.MODEL.RE is False and cfg.MODEL.DIRECT is True and cfg.MODEL.IF_LABELSMOOTH is True
+    assert cfg.TEST.FEAT_NORM is True and cfg.TEST.RE_RANKING is False and cfg.MODEL.BASE is False
+    assert cfg.SOLVER.BASE_LR == 0.008 and cfg.SOLVER.WEIGHT_DECAY == 1e-4 and cfg.TEST.MISS == "rn"
+
+
+@pytest.mark.parametrize("opts, key", [
+    (["TEST.MISS", "rgb"], "TEST.MISS"),
+    (["TEST.MISS", "none"], "TEST.MISS"),
+    (["MODEL.TRANSFORMER_TYPE", "resnet50"], "MODEL.TRANSFORMER_TYPE"),
+    (["DATASETS.NAMES", "Market1501"], "DATASETS.NAMES"),
+    (["MODEL.SPECTRA", "['RGB','IR']"], "MODEL.SPECTRA"),
+    (["MODEL.SPECTRA", "['RGB']"], "MODEL.SPECTRA"),
+    (["SOLVER.IMS_PER_BATCH", "30", "DATALOADER.NUM_INSTANCE", "4"], "SOLVER.IMS_PER_BATCH"),
+    (["MODEL.RE", "maybe"], "MODEL.RE"),
+    (["SOLVER.BASE_LR", "fast"], "SOLVER.BASE_LR"),
+    (["SOLVER.NOT_A_KEY", "1"], "SOLVER.NOT_A_KEY"),
+])
+def test_bad_values_name_the_key(opts, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("configs/RGBNT201/TOP-ReID.yml", opts)
+
+
+def test_miss_error_lists_allowed_values():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["TEST.MISS", "x"])
+    for setting in ("nothing", "r", "n", "t", "rn", "rt", "nt", "all"):
+        assert setting in str(info.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yml"):
+        load_config(str(tmp_path / "nope.yml"))
+    bad = tmp_path / "bad.yml"
+    bad.write_text("MODEL: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yml"):
+        load_config(str(bad))
+
+
+def _invalid_values(rule):
+    """A strategy of values the rule must reject."""
+    wrong_type = st.one_of(st.none(), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2),
+                                                                                           st.integers(), max_size=1))
+    if hasattr(rule, "allowed"):
+        return st.one_of(st.text(max_size=12).filter(lambda v: v not in rule.allowed), st.integers(), wrong_type)
+    if hasattr(rule, "bounds"):
+        lo, hi, lo_open, hi_open, integer = rule.bounds
+        options = [st.text(max_size=5), wrong_type, st.just(math.nan)]
+        if lo is not None:
+            below = st.floats(max_value=lo, exclude_max=not lo_open, allow_nan=False, allow_infinity=not integer)
+            options.append(below.map(int).filter(lambda v: v < lo or (lo_open and v == lo)) if integer else below)
+        if hi is not None:
+            above = st.floats(min_value=hi, exclude_min=not hi_open, allow_nan=False, allow_infinity=True)
+            options.append(above)
+        if integer:
+            options.append(st.floats(allow_nan=False, allow_infinity=False).filter(lambda v: v != int(v)))
+        return st.one_of(options)
+    # Custom rules (device, backbone, data set, spectra, pairs): strings that cannot be valid names.
+    return st.one_of(st.text(max_size=8).map(lambda v: "?" + v), st.integers(), wrong_type)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_validated_key_rejects_invalid_values(data):
+    key = data.draw(st.sampled_from(VALIDATED_KEYS))
+    value = data.draw(_invalid_values(_RULES[key]))
+    cfg = get_cfg_defaults()
+    section, leaf = key.split(".")
+    cfg[section][leaf] = value
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_defaults_are_valid():
+    validate(get_cfg_defaults())
