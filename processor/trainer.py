@@ -149,6 +149,7 @@ class Trainer:
         self.start_epoch, self.start_iteration = 1, 0
         self.best = {"mAP": -1.0, "epoch": 0}
         self.global_step = 0
+        self.history: list[dict[str, Any]] = []  # one entry per log window: epoch, iteration, mean of each term
         if self.resume:
             self._load_last()
         self.train_model: nn.Module = self.model
@@ -315,6 +316,7 @@ class Trainer:
                 f"state is {os.path.join(self.output_dir, 'last.pth')} (end of the previous epoch, if any). "
                 f"Lower SOLVER.BASE_LR or set SOLVER.GRAD_CLIP.")
         speed = samples / max(time.perf_counter() - window_start, 1e-9)
+        self.history.append({"epoch": epoch, "iteration": iteration, **dict(zip(names, values))})
         text = ", ".join(f"{n} {v:.3f}" for n, v in zip(names, values))
         logger.info("epoch %d iter %d/%d: %s, %.1f samples/s", epoch, iteration, num_iters, text, speed)
         bar.set_postfix(loss=f"{values[0]:.3f}", speed=f"{speed:.0f}/s")
