@@ -93,6 +93,11 @@ def test_gallery_smaller_than_max_rank(num_g):
     assert_same(evaluate_rank(*problem), expected)
 
 
+def test_many_queries_small_gallery():
+    problem = random_problem(9, 3000, 25, num_ids=4, num_groups=3, ties=True)
+    assert_same(evaluate_rank(*problem), plain_eval(*problem))
+
+
 def test_other_max_rank():
     problem = random_problem(7, 30, 200, num_ids=10, num_groups=3)
     assert_same(evaluate_rank(*problem, max_rank=7), plain_eval(*problem, max_rank=7))
@@ -164,7 +169,9 @@ def test_nan_distance_to_a_non_match_goes_last():
     noisy = distmat.copy()
     for q in range(10):
         others = np.flatnonzero(g_pids != q_pids[q])
+        junk = np.flatnonzero((g_pids == q_pids[q]) & (g_groups == q_groups[q]))
         noisy[q, others[:3]] = np.nan
+        noisy[q, junk[:1]] = np.nan
     assert_same(evaluate_rank(noisy, q_pids, g_pids, q_groups, g_groups),
                 plain_eval(noisy, q_pids, g_pids, q_groups, g_groups))
 

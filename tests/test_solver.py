@@ -182,3 +182,25 @@ def test_state_dict_round_trip_for_resume():
         opt.step()
     for p, q in zip(model.parameters(), resumed_model.parameters()):
         torch.testing.assert_close(p, q)  # momentum buffers came back too
+
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_fused_kernel_accepts_the_groups_and_matches_foreach(name):
+    """On CUDA make_optimizer uses fused=True; torch also has the fused kernels on CPU, so the groups can be checked
+    here: same updates as the foreach steps used on CPU."""
+    cfg = solver_cfg(OPTIMIZER_NAME=name, BASE_LR=0.05, WEIGHT_DECAY=0.01)
+    # no BatchNorm here: a bias right before it has a zero gradient up to rounding, which Adam blows up to +-lr
+    models = [nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 5)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    foreach = make_optimizer(cfg, models[0])
+    groups = param_groups(models[1], 0.05, 0.01, cfg.SOLVER.BIAS_LR_FACTOR, cfg.SOLVER.WEIGHT_DECAY_BIAS)
+    extra = {"momentum": cfg.SOLVER.MOMENTUM} if name == "SGD" else {"weight_decay": 0.01}
+    fused = getattr(torch.optim, name)(groups, lr=0.05, fused=True, **extra)
+    x = torch.randn(6, 8)
+    for _ in range(3):
+        for model, opt in zip(models, (foreach, fused)):
+            opt.zero_grad()
+            model(x).logsumexp(1).mean().backward()
+            opt.step()
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(p, q)

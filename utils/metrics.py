@@ -119,11 +119,17 @@ def _chunk_stats(dist: np.ndarray, q_pids: np.ndarray, q_groups: np.ndarray, gal
         bad = int(np.flatnonzero((np.isnan(d_same) & is_match).any(1))[0])
         raise ValueError(f"distance matrix holds NaN between query row {bad} of this chunk and one of its matches")
 
-    # Matches sorted by (distance, gallery index); padding sorts last as (+inf, num_g).
-    key_d = np.where(is_match, d_same, np.inf)
-    key_i = np.where(is_match, gidx, num_g)
+    # Same-pid items in ranking order, (distance, gallery index), padding last as (+inf, num_g); the junk items
+    # ahead of each are counted, then the matches are moved to the front, keeping that order.
+    key_d = np.where(same, d_same, np.inf)
+    key_i = np.where(same, gidx, num_g)
     order = np.lexsort((key_i, key_d), axis=-1)
-    t_d = np.take_along_axis(key_d, order, axis=1)
+    sorted_junk = np.take_along_axis(is_junk, order, axis=1)
+    junk_ahead = np.cumsum(sorted_junk, axis=1) - sorted_junk
+    front = np.argsort(~np.take_along_axis(is_match, order, axis=1), axis=1, kind="stable")
+    order = np.take_along_axis(order, front, axis=1)
+    junk_ahead = np.take_along_axis(junk_ahead, front, axis=1)
+    t_d = np.take_along_axis(key_d, order, axis=1)  # [c, width]: the matches' distances first, ascending
     t_i = np.take_along_axis(key_i, order, axis=1)
 
     counts = np.zeros((c, width, 2), np.int64)
@@ -139,12 +145,7 @@ def _chunk_stats(dist: np.ndarray, q_pids: np.ndarray, q_groups: np.ndarray, gal
     # gallery index come first (stable order).
     for r, j in np.argwhere(counts[..., 1] - counts[..., 0] > 1):
         before[r, j] += np.count_nonzero(dist[r, : t_i[r, j]] == t_d[r, j])
-
-    # Junk items in front of each match are not part of the ranking.
-    j_d = d_same[:, None, :]
-    j_i = gidx[:, None, :]
-    junk_first = (j_d < t_d[:, :, None]) | ((j_d == t_d[:, :, None]) & (j_i < t_i[:, :, None]))
-    before -= (junk_first & is_junk[:, None, :]).sum(2)
+    before -= junk_ahead  # junk items are not part of the ranking
 
     live = slots[None, :] < num_match[:, None]
     rank = np.where(live, before + 1, 1)  # 1-based rank among kept items of the j-th match (j < num_match)
