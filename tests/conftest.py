@@ -24,3 +24,18 @@ def tiny_opts(demo_root: str, output_dir: str, **overrides) -> list[str]:
     }
     opts.update(overrides)
     return [x for kv in opts.items() for x in kv]
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_root, tmp_path_factory):
+    """One short training run on the demo data (2 epochs), shared by the tests that need a checkpoint.
+
+    Returns (output_dir, trainer, results); ``output_dir`` holds config.yaml, last.pth, best.pth, results.json, tb/.
+    """
+    from configs import load_config
+    from processor.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("trained_run")
+    trainer = Trainer(load_config(None, tiny_opts(demo_root, str(out), **{"SOLVER.MAX_EPOCHS": "2"})))
+    results = trainer.train()
+    return out, trainer, results

@@ -25,15 +25,6 @@ def _losses(history):
     return [(h["epoch"], h["iteration"], h["loss"]) for h in history]
 
 
-@pytest.fixture(scope="module")
-def trained_run(demo_root, tmp_path_factory):
-    """One short run whose checkpoints other tests evaluate."""
-    out = tmp_path_factory.mktemp("run")
-    trainer = _trainer(demo_root, out, **{"SOLVER.MAX_EPOCHS": "2"})
-    results = trainer.train()
-    return out, trainer, results
-
-
 def test_training_lowers_the_loss_and_writes_outputs(trained_run):
     out, trainer, results = trained_run
     losses = [h["loss"] for h in trainer.history]
