@@ -1,0 +1,100 @@
+"""ViT / DeiT backbones built from timm, returning every token of the last layer.
+
+The timm model supplies the modules (patch embedding, blocks with fused attention, norms); this wrapper adds what
+re-identification needs on top: an overlapping patch embedding (stride below the patch size), the camera embedding
+(SIE) added with the position table, and activation checkpointing. Parameter names are timm's, so timm ImageNet
+checkpoints load by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import timm
+import torch
+from timm.layers import PatchEmbed, to_2tuple, trunc_normal_
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class OverlapPatchEmbed(PatchEmbed):
+    """timm's patch embedding with a convolution stride that may be smaller than the patch (overlapping patches).
+
+    The grid is ((H - p) // s + 1, (W - p) // s + 1); with stride == patch size it equals timm's grid.
+    """
+
+    def __init__(self, *args, stride: int | Sequence[int] = 16, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stride = to_2tuple(stride)
+        self.grid_size = tuple((size - p) // s + 1 for size, p, s in zip(self.img_size, self.patch_size, self.stride))
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        old = self.proj
+        self.proj = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=self.patch_size, stride=self.stride,
+                              bias=old.bias is not None)
+
+
+class ViTBackbone(nn.Module):
+    """A timm ViT/DeiT (``vit_*``, ``deit_*``) as a token extractor: ``forward(x, cam_label) -> [B, 1 + N, D]``.
+
+    Tokens = [CLS, patches] + position table (+ ``sie_coe * sie_embed[camid]`` when built with more than one
+    camera), then the blocks and the final norm.
+    """
+
+    default_heads = 12  # attention heads of TPM/CRM with this backbone family (as the original)
+
+    def __init__(self, name: str, img_size: Sequence[int], stride: Sequence[int] = (16, 16), num_cameras: int = 0,
+                 sie_coe: float = 3.0, drop_path: float = 0.0, drop_out: float = 0.0, attn_drop: float = 0.0,
+                 grad_checkpoint: bool = False) -> None:
+        super().__init__()
+        try:
+            vit = timm.create_model(name, pretrained=False, num_classes=0, img_size=tuple(img_size),
+                                    drop_rate=drop_out, pos_drop_rate=drop_out, proj_drop_rate=drop_out,
+                                    attn_drop_rate=attn_drop, drop_path_rate=drop_path,
+                                    embed_layer=partial(OverlapPatchEmbed, stride=tuple(stride)))
+        except (TypeError, RuntimeError) as err:
+            raise ValueError(f"MODEL.TRANSFORMER_TYPE {name!r}: timm cannot build it as a plain ViT ({err})") from None
+        if type(vit) is not VisionTransformer or vit.cls_token is None or vit.reg_token is not None \
+                or vit.no_embed_class or vit.pos_embed is None:
+            raise ValueError(f"MODEL.TRANSFORMER_TYPE {name!r} is not a plain ViT/DeiT with a class token and a "
+                             "learned position table (distilled, register-token, pooled-only and hybrid models are "
+                             "not supported as backbones)")
+        self.name = name
+        self.patch_embed = vit.patch_embed
+        self.cls_token = vit.cls_token
+        self.pos_embed = vit.pos_embed
+        self.pos_drop = vit.pos_drop
+        self.norm_pre = vit.norm_pre
+        self.blocks = vit.blocks
+        self.norm = vit.norm
+        self.embed_dim: int = int(vit.embed_dim)
+        self.grid_size: tuple[int, int] = tuple(self.patch_embed.grid_size)
+        self.sie_coe = float(sie_coe)
+        self.sie_embed = nn.Parameter(torch.zeros(num_cameras, 1, self.embed_dim)) if num_cameras > 1 else None
+        if self.sie_embed is not None:
+            trunc_normal_(self.sie_embed, std=0.02)
+        self.grad_checkpoint = grad_checkpoint
+
+    def forward(self, x: torch.Tensor, cam_label: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos_embed
+        if self.sie_embed is not None:
+            if cam_label is None:
+                raise ValueError("this backbone has a camera embedding (SIE) and needs cam_label")
+            x = x + self.sie_coe * self.sie_embed[cam_label]
+        x = self.norm_pre(self.pos_drop(x))
+        x = run_blocks(self.blocks, x, self.grad_checkpoint and self.training)
+        return self.norm(x)
+
+
+def run_blocks(blocks: nn.Module, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
+    """Apply transformer blocks in order; with ``use_checkpoint`` each block's activations are recomputed in the
+    backward pass instead of stored (less memory, about one extra forward)."""
+    for block in blocks:
+        if use_checkpoint and torch.is_grad_enabled():
+            x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x)
+    return x

@@ -1,0 +1,105 @@
+"""ImageNet initialisation of the backbones from a local file (MODEL.PRETRAIN_PATH_T); nothing is downloaded.
+
+Accepted files: a plain timm-style state_dict (``jx_vit_base_p16_224-80ecf9dd.pth``, ``vitb_16_224_21k.pth``),
+DeiT files wrapped in ``model`` (plain or distilled), T2T ``.pth.tar`` files with ``state_dict_ema`` or
+``state_dict``, and timm ``.safetensors``. The classifier is dropped, a distilled file loses its distillation token
+(also its row of the position table), and the square position grid of the file is resized bilinearly to the
+model's patch grid with the CLS row kept. The patch convolution is loaded as it is (kernel 16 whatever the stride).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modeling.convert import strip_prefixes, summarize_keys
+from utils.checkpoint import CheckpointError, safe_load
+
+logger = logging.getLogger(__name__)
+
+_WRAPPERS = ("state_dict_ema", "state_dict", "model")
+_CLASSIFIER_PREFIXES = ("head.", "head_dist.", "pre_logits.", "fc.")
+_DISTILLATION = ("dist_token",)
+_NOT_IN_IMAGENET = ("sie_embed",)  # parameters of this project that ImageNet files never hold
+
+
+def unwrap_imagenet_state_dict(obj: Mapping[str, Any], path: str) -> dict[str, torch.Tensor]:
+    """The backbone state_dict inside a file: wrappers removed, ``module.`` stripped, classifier and distillation
+    token dropped (a distilled file's position table loses its second row)."""
+    for wrapper in _WRAPPERS:
+        if isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    state = {k: v for k, v in strip_prefixes(obj).items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise CheckpointError(f"{path} (MODEL.PRETRAIN_PATH_T): holds no tensors")
+    distilled = "dist_token" in state
+    state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES) and k not in _DISTILLATION}
+    if distilled and "pos_embed" in state:
+        pos = state["pos_embed"]
+        state["pos_embed"] = torch.cat([pos[:, :1], pos[:, 2:]], dim=1)  # rows: CLS, distillation, patches
+    return state
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid_size: tuple[int, int], path: str = "") -> torch.Tensor:
+    """[1, 1 + g*g, D] (CLS row first) -> [1, 1 + gh*gw, D]: the square grid resized bilinearly
+    (align_corners False), the CLS row kept."""
+    cls_row, grid = pos_embed[:, :1], pos_embed[:, 1:]
+    side = math.isqrt(grid.shape[1])
+    if side * side != grid.shape[1]:
+        raise CheckpointError(f"{path} (MODEL.PRETRAIN_PATH_T): position table of {grid.shape[1]} patches is not a "
+                              "square grid")
+    if (side, side) == tuple(grid_size):
+        return pos_embed
+    grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=tuple(grid_size), mode="bilinear", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, grid_size[0] * grid_size[1], -1).to(pos_embed.dtype)
+    return torch.cat([cls_row, grid], dim=1)
+
+
+def load_imagenet_weights(backbones: Mapping[str, nn.Module], path: str) -> None:
+    """Initialise every backbone from the same ImageNet file. Raises :class:`CheckpointError` for a missing file,
+    or when the file lacks a backbone weight or holds one of another shape; logs one line per file."""
+    if not path:
+        raise CheckpointError("MODEL.PRETRAIN_PATH_T is empty but MODEL.PRETRAIN_CHOICE is 'imagenet'; give the path "
+                              "of the ImageNet weights, or set MODEL.PRETRAIN_CHOICE none (random init)")
+    try:
+        raw = safe_load(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err} (MODEL.PRETRAIN_PATH_T; ImageNet weights are never downloaded, place the file "
+                              "there or set MODEL.PRETRAIN_CHOICE none)") from None
+    source = unwrap_imagenet_state_dict(raw, path)
+    report = ""
+    for spectrum, backbone in backbones.items():
+        state = dict(source)
+        resized = ""
+        if "pos_embed" in state:
+            before = state["pos_embed"].shape[1] - 1
+            state["pos_embed"] = resize_pos_embed(state["pos_embed"], backbone.grid_size, path)
+            if before != state["pos_embed"].shape[1] - 1:
+                side = math.isqrt(before)
+                resized = f"position grid {side}x{side} -> {backbone.grid_size[0]}x{backbone.grid_size[1]}"
+        expected = backbone.state_dict()
+        missing = [k for k in expected if k not in state and k.rsplit(".", 1)[-1] not in _NOT_IN_IMAGENET]
+        mismatched = [f"{k} (file {list(state[k].shape)}, model {list(v.shape)})" for k, v in expected.items()
+                      if k in state and state[k].shape != v.shape]
+        unexpected = [k for k in state if k not in expected]
+        if missing or mismatched:
+            problems = [f"missing {len(missing)}: {summarize_keys(missing)}"] if missing else []
+            if mismatched:
+                problems.append(f"shape mismatch: {', '.join(mismatched[:5])}")
+            raise CheckpointError(f"{path} (MODEL.PRETRAIN_PATH_T) does not fit the {backbone.name} backbone of "
+                                  f"{spectrum}: " + "; ".join(problems))
+        backbone.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+        absent = [k for k in expected if k not in state]
+        report = ", ".join(filter(None, [
+            f"{len(expected) - len(absent)} tensors", resized,
+            f"unused in the file: {summarize_keys(unexpected)}" if unexpected else "",
+            f"not in the file (initialised here): {', '.join(absent)}" if absent else ""]))
+    logger.info("ImageNet weights %s -> backbones %s: %s", path, ", ".join(backbones), report)
