@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -122,10 +121,13 @@ def convert_original_state_dict(state_dict: Mapping[str, Any], heads: Collection
     return converted, dropped
 
 
-def summarize_keys(keys: Iterable[str], limit: int = 10) -> str:
-    """Keys grouped over layer indices (``blocks.*.attn.qkv.weight`` x24), at most ``limit`` groups."""
-    groups = Counter(re.sub(r"\.\d+(?=\.)", ".*", k) for k in keys)
-    items = [f"{g} (x{n})" if n > 1 else g for g, n in groups.items()]
+def summarize_keys(keys: Iterable[str], limit: int = 12, depth: int = 3) -> str:
+    """Keys grouped by their first ``depth`` name parts with layer indices collapsed (``backbones.RGB.blocks.*
+    (144 keys)``; a group of one shows the key itself), at most ``limit`` groups."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(".".join(re.sub(r"^\d+$", "*", p) for p in key.split(".")[:depth]), []).append(key)
+    items = [ks[0] if len(ks) == 1 else f"{g}.* ({len(ks)} keys)" for g, ks in groups.items()]
     more = f", ... and {len(items) - limit} more groups" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
 

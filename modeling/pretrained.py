@@ -29,9 +29,9 @@ _DISTILLATION = ("dist_token",)
 _NOT_IN_IMAGENET = ("sie_embed",)  # parameters of this project that ImageNet files never hold
 
 
-def unwrap_imagenet_state_dict(obj: Mapping[str, Any], path: str) -> dict[str, torch.Tensor]:
-    """The backbone state_dict inside a file: wrappers removed, ``module.`` stripped, classifier and distillation
-    token dropped (a distilled file's position table loses its second row)."""
+def unwrap_imagenet_state_dict(obj: Mapping[str, Any], path: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The backbone state_dict inside a file and the keys dropped from it: wrappers removed, ``module.`` stripped,
+    classifier and distillation token dropped (a distilled file's position table loses its second row)."""
     for wrapper in _WRAPPERS:
         if isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
@@ -40,11 +40,12 @@ def unwrap_imagenet_state_dict(obj: Mapping[str, Any], path: str) -> dict[str, t
     if not state:
         raise CheckpointError(f"{path} (MODEL.PRETRAIN_PATH_T): holds no tensors")
     distilled = "dist_token" in state
-    state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES) and k not in _DISTILLATION}
+    dropped = [k for k in state if k.startswith(_CLASSIFIER_PREFIXES) or k in _DISTILLATION]
+    state = {k: v for k, v in state.items() if k not in dropped}
     if distilled and "pos_embed" in state:
         pos = state["pos_embed"]
         state["pos_embed"] = torch.cat([pos[:, :1], pos[:, 2:]], dim=1)  # rows: CLS, distillation, patches
-    return state
+    return state, dropped
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid_size: tuple[int, int], path: str = "") -> torch.Tensor:
@@ -74,7 +75,7 @@ def load_imagenet_weights(backbones: Mapping[str, nn.Module], path: str) -> None
     except CheckpointError as err:
         raise CheckpointError(f"{err} (MODEL.PRETRAIN_PATH_T; ImageNet weights are never downloaded, place the file "
                               "there or set MODEL.PRETRAIN_CHOICE none)") from None
-    source = unwrap_imagenet_state_dict(raw, path)
+    source, dropped = unwrap_imagenet_state_dict(raw, path)
     report = ""
     for spectrum, backbone in backbones.items():
         state = dict(source)
@@ -100,6 +101,7 @@ def load_imagenet_weights(backbones: Mapping[str, nn.Module], path: str) -> None
         absent = [k for k in expected if k not in state]
         report = ", ".join(filter(None, [
             f"{len(expected) - len(absent)} tensors", resized,
+            f"dropped (classifier / distillation): {summarize_keys(dropped)}" if dropped else "",
             f"unused in the file: {summarize_keys(unexpected)}" if unexpected else "",
             f"not in the file (initialised here): {', '.join(absent)}" if absent else ""]))
     logger.info("ImageNet weights %s -> backbones %s: %s", path, ", ".join(backbones), report)

@@ -140,7 +140,7 @@ class T2TViTBackbone(nn.Module):
         self.sie_coe = float(sie_coe)
         self.sie_embed = nn.Parameter(torch.zeros(num_cameras, 1, dim)) if num_cameras > 0 else None
         self.pos_drop = nn.Dropout(drop_out)
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth, linear in depth
         norm = nn.LayerNorm  # eps 1e-5, as the original
         # The main blocks use head_dim ** -0.5 (timm's fused attention); the reference vectors of the original code
         # agree with it (not with the D ** -0.5 that the original sets when it loads ImageNet weights).

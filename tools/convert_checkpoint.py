@@ -1,0 +1,86 @@
+"""Convert a checkpoint trained by the original TOP-ReID code to this project's format.
+
+    python tools/convert_checkpoint.py --config_file configs/RGBNT201/TOP-ReID.yml --input TOPReID.pth \\
+        --output topreid_rgbnt201.pth [--force] [KEY VALUE ...]
+
+The original keys are mapped to this project's names (``modeling.convert``), the model is built from the config
+(number of identities and cameras read from the checkpoint) and must load the result strictly; then
+``{"format": "topreid", "model": state_dict, "config": ..., "source": input}`` is written. An existing output is
+kept unless ``--force`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from configs import ConfigError, load_config  # noqa: E402
+from utils.checkpoint import FORMAT, CheckpointError, safe_load, save_checkpoint  # noqa: E402
+
+logger = logging.getLogger("tools.convert_checkpoint")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Convert an original TOP-ReID checkpoint to this project's format")
+    parser.add_argument("--config_file", default="", help="YAML config of the model the checkpoint was trained as")
+    parser.add_argument("--input", required=True, help="checkpoint written by the original code")
+    parser.add_argument("--output", required=True, help="converted checkpoint to write")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs overriding the config")
+    return parser.parse_args(argv)
+
+
+def sizes_from_state(state: dict, source: str) -> tuple[int, int]:
+    """(number of identities, number of cameras) of a converted state_dict: classifier rows and camera-embedding
+    rows (0 when the checkpoint has no camera embedding)."""
+    classes = {v.shape[0] for k, v in state.items() if k.startswith("heads.") and k.endswith(".classifier.weight")}
+    if len(classes) != 1:
+        raise CheckpointError(f"{source}: cannot read the number of identities from its classifiers ({classes})")
+    cameras = {v.shape[0] for k, v in state.items() if k.endswith(".sie_embed")}
+    return classes.pop(), max(cameras, default=0)
+
+
+def convert(config_file: str, opts: list[str], source: str, output: str) -> None:
+    from modeling import make_model
+    from modeling.convert import convert_original_state_dict, is_original_layout, load_model_weights, strip_prefixes
+
+    cfg = load_config(config_file, [*opts, "MODEL.PRETRAIN_CHOICE", "none"])
+    raw = safe_load(source)
+    state = strip_prefixes(raw.get("state_dict", raw) if isinstance(raw.get("state_dict"), dict) else raw)
+    if raw.get("format") == FORMAT or not is_original_layout(state):
+        raise CheckpointError(f"{source}: not a checkpoint of the original TOP-ReID code (already converted, or "
+                              "another model?)")
+    converted, _ = convert_original_state_dict(state)
+    num_classes, cameras = sizes_from_state(converted, source)
+    model = make_model(cfg, num_classes, cameras)
+    load_model_weights(model, state, source=source)  # strict: raises when the config does not match
+    save_checkpoint(output, {"format": FORMAT, "model": model.state_dict(), "config": cfg.dump(),
+                             "source": os.path.abspath(source)})
+    logger.info("wrote %s (%d identities, %d cameras, heads %s)", output, num_classes, cameras,
+                ", ".join(model.heads))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if os.path.exists(args.output) and not args.force:
+        print(f"error: {args.output} exists; give --force to overwrite it", file=sys.stderr)
+        return 1
+    try:
+        convert(args.config_file, list(args.opts), args.input, args.output)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
