@@ -1,0 +1,87 @@
+"""Everything the engine needs from the data side, built from the config in one place."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from yacs.config import CfgNode
+
+from data.datasets import Record, ReIDDataset, build_dataset
+from data.loader import MultiSpectralDataset, collate
+from data.samplers import RandomIdentitySampler, RandomShuffleSampler, TrainBatchSampler
+from data.transforms import build_transforms
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataBundle:
+    """Loaders and the numbers the model and evaluator are built with.
+
+    ``test_loader`` yields the query records, then the gallery records (``num_query`` of the former), in order.
+    ``train_sampler.set_epoch(epoch)`` must be called before every epoch.
+    """
+
+    train_loader: DataLoader
+    test_loader: DataLoader
+    num_query: int
+    num_classes: int
+    num_cameras: int
+    dataset: ReIDDataset
+    train_sampler: TrainBatchSampler
+
+
+def build_train_sampler(cfg: CfgNode, records: list[Record], rank: int = 0, world_size: int = 1) -> TrainBatchSampler:
+    """The P x K identity sampler (``softmax_triplet``) or a plain shuffle (``softmax``)."""
+    batch, seed = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.SEED
+    if cfg.DATALOADER.SAMPLER == "softmax_triplet":
+        return RandomIdentitySampler([r.pid for r in records], batch, cfg.DATALOADER.NUM_INSTANCE, seed, rank,
+                                     world_size)
+    if cfg.DATALOADER.SAMPLER == "softmax":
+        return RandomShuffleSampler(len(records), batch, seed, rank, world_size)
+    raise ValueError(f"config key DATALOADER.SAMPLER = {cfg.DATALOADER.SAMPLER!r} is not one of: softmax_triplet, "
+                     "softmax")
+
+
+def _generator(seed: int) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def make_dataloader(cfg: CfgNode, distributed: bool = False) -> DataBundle:
+    """Read the data set named by ``DATASETS.NAMES`` and build the train and test loaders.
+
+    Only the spectra in ``MODEL.SPECTRA`` are decoded. Under ``distributed`` every process takes its share of each
+    training batch (``SOLVER.IMS_PER_BATCH`` is the global batch); the test loader is the same on every process.
+    """
+    dataset = build_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+    rank, world_size = 0, 1
+    if distributed:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("make_dataloader(distributed=True) needs an initialised process group")
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    spectra = list(cfg.MODEL.SPECTRA)
+    workers = cfg.DATALOADER.NUM_WORKERS
+    options = {"num_workers": workers, "collate_fn": collate, "persistent_workers": workers > 0,
+               "pin_memory": torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu"}
+    # The loaders draw their workers' base seed from a generator of their own, not from the global one; the
+    # augmentation randomness comes from the per-sample seeds.
+
+    sampler = build_train_sampler(cfg, dataset.train, rank, world_size)
+    train_set = MultiSpectralDataset(dataset.train, spectra, build_transforms(cfg, is_train=True),
+                                     share_aug=cfg.INPUT.SHARE_AUG)
+    train_loader = DataLoader(train_set, batch_sampler=sampler, generator=_generator(cfg.SOLVER.SEED), **options)
+
+    test_set = MultiSpectralDataset(dataset.query + dataset.gallery, spectra, build_transforms(cfg, is_train=False))
+    test_loader = DataLoader(test_set, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False,
+                             generator=_generator(cfg.SOLVER.SEED), **options)
+    logger.info("train: %d batches of %d (%s sampler, seed %d), test: %d query + %d gallery, spectra %s, %d workers",
+                len(sampler), cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.SAMPLER, cfg.SOLVER.SEED, len(dataset.query),
+                len(dataset.gallery), ", ".join(spectra), workers)
+    return DataBundle(train_loader, test_loader, len(dataset.query), dataset.num_train_pids, dataset.num_train_cams,
+                      dataset, sampler)

@@ -1,0 +1,134 @@
+"""What every reader returns: records of one sample seen in several spectra, grouped into train / query / gallery."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIX = ".jpg"
+
+
+class DatasetError(ValueError):
+    """A data set on disk that cannot be read as its published layout; the message names the path or name."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One sample: the file of each spectrum and its labels.
+
+    ``stitched`` marks files holding all spectra side by side (RGBNT100): every entry of ``paths`` is the same file,
+    and spectrum ``SPECTRA[i]`` is its i-th equal-width vertical strip (RGB x 0-256, NI 256-512, TI 512-768).
+    """
+
+    paths: dict[str, str]
+    pid: int
+    camid: int
+    sceneid: int = -1
+    stitched: bool = False
+
+    @property
+    def name(self) -> str:
+        """Base name of the RGB file (of the first listed spectrum when there is no RGB)."""
+        return os.path.basename(self.paths.get("RGB") or next(iter(self.paths.values())))
+
+
+def relabel(records: Iterable[Record]) -> list[Record]:
+    """Map the pids of a training split to 0..N-1 in sorted pid order (class labels for the ID loss)."""
+    records = list(records)
+    mapping = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
+    return [replace(r, pid=mapping[r.pid]) for r in records]
+
+
+@dataclass
+class ReIDDataset:
+    """The three splits of a data set. ``train`` pids are relabelled to 0..N-1; query and gallery keep raw pids.
+
+    ``junk_key`` names the record field of the evaluation junk rule: gallery items sharing the query's pid and this
+    field are left out ("camid" for RGBNT201/RGBNT100, "sceneid" for MSVR310).
+    """
+
+    name: str
+    train: list[Record]
+    query: list[Record]
+    gallery: list[Record]
+    junk_key: str = "camid"
+    num_train_pids: int = field(init=False)
+    num_train_cams: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.junk_key not in ("camid", "sceneid"):
+            raise ValueError(f"junk_key must be 'camid' or 'sceneid', got {self.junk_key!r}")
+        pids = sorted({r.pid for r in self.train})
+        if pids != list(range(len(pids))):
+            raise ValueError(f"{self.name}: train pids must be relabelled to 0..N-1 (see relabel())")
+        self.num_train_pids = len(pids)
+        self.num_train_cams = len({r.camid for r in self.train})
+
+    @classmethod
+    def from_raw(cls, name: str, train: Sequence[Record], query: Sequence[Record], gallery: Sequence[Record],
+                 junk_key: str = "camid") -> ReIDDataset:
+        """Build from records with raw pids everywhere (train is relabelled here)."""
+        return cls(name, relabel(train), list(query), list(gallery), junk_key)
+
+    def statistics(self) -> str:
+        """The usual ReID table: ids, images (samples), cameras (and scenes where the junk rule uses them)."""
+        scenes = self.junk_key == "sceneid"
+        header = ["subset", "# ids", "# images", "# cameras"] + (["# scenes"] if scenes else [])
+        rows = []
+        for subset, records in (("train", self.train), ("query", self.query), ("gallery", self.gallery)):
+            row = [subset, len({r.pid for r in records}), len(records), len({r.camid for r in records})]
+            if scenes:
+                row.append(len({r.sceneid for r in records}))
+            rows.append(row)
+        widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+
+        def line(cells: Sequence[object]) -> str:
+            first, *rest = cells
+            return " | ".join([f"{first!s:<{widths[0]}}"] + [f"{c!s:>{w}}" for c, w in zip(rest, widths[1:])])
+
+        rule = "-+-".join("-" * w for w in widths)
+        return "\n".join([f"{self.name} statistics:", line(header), rule, *(line(r) for r in rows)])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers shared by the readers: every failure names the path.
+
+def require_dir(path: str, what: str) -> str:
+    if not os.path.isdir(path):
+        raise DatasetError(f"{what} not found: {path}")
+    return path
+
+
+def list_images(folder: str) -> list[str]:
+    """Sorted base names of the ``.jpg`` files in ``folder`` (other files are not samples and are ignored)."""
+    with os.scandir(folder) as entries:
+        names = sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_SUFFIX) and not e.is_dir())
+    return names
+
+
+def require_nonempty(records: Sequence[Record], folder: str) -> None:
+    if not records:
+        raise DatasetError(f"empty split: no {IMAGE_SUFFIX} images in {folder}")
+
+
+def paired_names(folders: dict[str, str]) -> list[str]:
+    """Names present in every spectrum folder; a name missing from one folder is an error naming that file."""
+    listed = {spectrum: list_images(folder) for spectrum, folder in folders.items()}
+    present = {spectrum: set(names) for spectrum, names in listed.items()}
+    union = sorted(set().union(*present.values()))
+    for name in union:
+        for spectrum, folder in folders.items():
+            if name not in present[spectrum]:
+                others = [s for s in folders if name in present[s]]
+                raise DatasetError(f"missing {spectrum} file {os.path.join(folder, name)} "
+                                   f"(the sample exists in {', '.join(others)})")
+    return union
+
+
+def log_statistics(dataset: ReIDDataset) -> ReIDDataset:
+    logger.info("%s", dataset.statistics())
+    return dataset

@@ -1,0 +1,124 @@
+"""The torch Dataset over records: decodes each file once, transforms each spectrum, and collates named batches.
+
+Augmentation randomness comes from the sample seed the sampler sends with each index, inside a forked torch
+generator and a saved/restored Python ``random`` state. The batches are therefore the same for any number of
+workers, and with ``NUM_WORKERS 0`` the main process's generators are left untouched.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from data.datasets.base import DatasetError, Record
+from utils.spectra import SPECTRA
+
+Sample = dict[str, Any]
+
+
+def read_image(path: str) -> Image.Image:
+    """Decode an image file to RGB; a missing, unreadable or truncated file raises DatasetError naming it."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # decodes now: truncated data raises here (PIL's LOAD_TRUNCATED_IMAGES is off by default)
+            return img if img.mode == "RGB" else img.convert("RGB")
+    except FileNotFoundError:
+        raise DatasetError(f"image file not found: {path}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetError(f"cannot read image {path}: {err}") from None
+
+
+def decode_record(record: Record, spectra: Sequence[str]) -> dict[str, Image.Image]:
+    """The images of ``spectra`` for one record, each file decoded once (a stitched file is cropped in parts)."""
+    if not record.stitched:
+        return {s: read_image(record.paths[s]) for s in spectra}
+    path = record.paths[spectra[0]]
+    image = read_image(path)
+    width, height = image.size
+    parts = len(SPECTRA)
+    if width % parts:
+        raise DatasetError(f"stitched image {path} is {width} pixels wide, not {parts} equal parts "
+                           f"({', '.join(SPECTRA)} side by side)")
+    part = width // parts
+    return {s: image.crop((SPECTRA.index(s) * part, 0, (SPECTRA.index(s) + 1) * part, height)) for s in spectra}
+
+
+def spectrum_seed(sample_seed: int, spectrum: str) -> int:
+    """An independent seed per spectrum, derived from the sample seed (fixed per spectrum name, so it does not
+    change with the set of spectra loaded)."""
+    state = np.random.SeedSequence([sample_seed, SPECTRA.index(spectrum) + 1]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+@contextmanager
+def isolated_rng() -> Iterator[None]:
+    """Run a block with torch's CPU generator and Python's ``random`` restored afterwards."""
+    python_state = random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(python_state)
+
+
+def seed_rng(seed: int) -> None:
+    """Seed the generators the transforms draw from: torch's CPU generator (not CUDA's) and Python's ``random``."""
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+
+
+class MultiSpectralDataset(Dataset):
+    """Records -> samples ``{"images": {spectrum: tensor}, "pid", "camid", "sceneid", "name"}``.
+
+    An item is either an index (no seeding: for deterministic test transforms) or ``(index, sample_seed)`` from a
+    :class:`data.samplers.TrainBatchSampler`. With ``share_aug`` every spectrum of a sample is transformed with the
+    sample seed (the same flip, crop and erasing when the images have the same size); otherwise each spectrum gets
+    its own seed derived from it, as the original pipeline draws independent parameters per spectrum.
+    """
+
+    def __init__(self, records: Sequence[Record], spectra: Sequence[str], transform: Callable[[Image.Image], Any],
+                 share_aug: bool = False) -> None:
+        unknown = [s for s in spectra if s not in SPECTRA]
+        if unknown or not spectra:
+            raise ValueError(f"spectra must be a non-empty subset of {SPECTRA}, got {list(spectra)}")
+        self.records = list(records)
+        self.spectra = tuple(spectra)
+        self.transform = transform
+        self.share_aug = share_aug
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> Sample:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        record = self.records[index]
+        images = decode_record(record, self.spectra)
+        if seed is None:
+            tensors = {s: self.transform(img) for s, img in images.items()}
+        else:
+            tensors = {}
+            with isolated_rng():
+                for s, img in images.items():
+                    seed_rng(seed if self.share_aug else spectrum_seed(seed, s))
+                    tensors[s] = self.transform(img)
+        return {"images": tensors, "pid": record.pid, "camid": record.camid, "sceneid": record.sceneid,
+                "name": record.name}
+
+
+def collate(samples: Sequence[Sample]) -> dict[str, Any]:
+    """Stack samples into ``{"images": {spectrum: [B,3,H,W]}, "pid", "camid", "sceneid": [B] long, "name": [str]}``."""
+    spectra = samples[0]["images"].keys()
+    return {
+        "images": {s: torch.stack([x["images"][s] for x in samples]) for s in spectra},
+        "pid": torch.tensor([x["pid"] for x in samples], dtype=torch.long),
+        "camid": torch.tensor([x["camid"] for x in samples], dtype=torch.long),
+        "sceneid": torch.tensor([x["sceneid"] for x in samples], dtype=torch.long),
+        "name": [x["name"] for x in samples],
+    }
