@@ -110,7 +110,7 @@ class TOPReID(nn.Module):
 
     def _baseline_feature(self, tokens: Mapping[str, torch.Tensor], missing: frozenset[str]) -> torch.Tensor:
         cls = {s: t[:, 0] for s, t in tokens.items()}
-        zeros = next(iter(cls.values())).new_zeros(next(iter(cls.values())).shape)
+        zeros = torch.zeros_like(next(iter(cls.values())))
         if not self.direct and self.neck_feat == "after":
             return torch.cat([self.heads[s].neck(cls[s]) if s in cls else zeros for s in self.spectra], dim=-1)
         feat = torch.cat([cls.get(s, zeros) for s in self.spectra], dim=-1)

@@ -45,10 +45,5 @@ class TokenPermutation(nn.Module):
         for block, shift in ((self.start, 1), (self.middle, -1), (self.end, 0)):
             cls = block(cls, torch.cat([patches[(i + shift) % n] for i in range(n)]))
         out = dict(zip(order, cls[:, 0].chunk(n)))
-        zeros = None
-        parts = []
-        for s in self.spectra:
-            if s not in out:
-                zeros = zeros if zeros is not None else cls.new_zeros(out[order[0]].shape)
-            parts.append(out.get(s, zeros))
-        return torch.cat(parts, dim=-1)
+        zeros = cls.new_zeros(cls.shape[0] // n, self.dim)
+        return torch.cat([out.get(s, zeros) for s in self.spectra], dim=-1)
