@@ -56,8 +56,9 @@ def safe_load(path: str) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects that would run code when unpickled "
             f"(only tensors and plain containers are allowed). Details: {str(err).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(err).splitlines()[0]})") from None
+    except Exception as err:  # a corrupt or foreign file surfaces as many error types from the unpickler
+        first_line = (str(err).splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}: {first_line})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
