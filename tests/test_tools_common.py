@@ -1,0 +1,154 @@
+"""Shared tool pieces: the command line, the checkpoint-derived model sizes, the one-line error exit; helpers that
+the other tools tests import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from configs import load_config
+from tests.conftest import tiny_opts
+from tools import common
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers of the tools tests.
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: the tiny demo model gains nothing from more, and on a shared 2-core machine two threads
+    contend badly. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tool_opts(trained_run, demo_root: str, output_dir, **overrides: str) -> list[str]:
+    """KEY VALUE pairs for a tool on the shared 2-epoch demo checkpoint."""
+    run_dir = trained_run[0]
+    return tiny_opts(demo_root, str(output_dir), **{"TEST.WEIGHT": str(Path(run_dir) / "best.pth"), **overrides})
+
+
+def run_cli(tool: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``python tools/<tool>.py ARGS`` from the repository root."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(REPO / "tools" / f"{tool}.py"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *words: str) -> str:
+    """Exit code 1, no traceback, exactly one ``error:`` line on stderr (the last), holding ``words``."""
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+def read_png(path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB"))
+
+
+def assert_not_blank(image: np.ndarray) -> None:
+    """More than a handful of colours and real contrast."""
+    colours = np.unique(image.reshape(-1, 3), axis=0)
+    assert len(colours) > 16, len(colours)
+    assert image.std() > 10
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+def test_config_pairs_anywhere_on_the_line():
+    parser = common.tool_parser("x")
+    parser.add_argument("--samples", type=int, nargs="+", default=[0])
+    parser.add_argument("--flag", action="store_true")
+    args = common.parse_tool_args(parser, ["TEST.MISS", "r", "--samples", "0", "5", "OUTPUT_DIR", "/tmp/o",
+                                           "INPUT.SIZE_TEST", "[64,32]", "--flag", "MODEL.SIE_COE", "2.5"])
+    assert args.samples == [0, 5] and args.flag
+    assert args.opts == ["TEST.MISS", "r", "OUTPUT_DIR", "/tmp/o", "INPUT.SIZE_TEST", "[64,32]", "MODEL.SIE_COE",
+                         "2.5"]
+    cfg = common.tool_config(args)
+    assert cfg.TEST.MISS == "r" and cfg.OUTPUT_DIR == "/tmp/o" and cfg.MODEL.SIE_COE == 2.5
+    assert cfg.MODEL.PRETRAIN_CHOICE == "none" and list(cfg.INPUT.SIZE_TEST) == [64, 32]
+
+
+def test_mistyped_key_is_a_config_error(capsys):
+    parser = common.tool_parser("x")
+    args = common.parse_tool_args(parser, ["TEST.MISSING", "r"])
+    assert common.run_tool(lambda: common.tool_config(args)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "TEST.MISSING" in err
+
+
+def test_single_setting_refuses_all():
+    cfg = load_config(None, ["TEST.MISS", "all"])
+    with pytest.raises(common.ToolError, match="one missing-spectrum setting"):
+        common.single_setting(cfg)
+    assert common.single_setting(load_config(None, ["TEST.MISS", "rt"])) == "rt"
+
+
+def test_sizes_from_state_reads_classifier_and_camera_rows():
+    state = {"heads.tpm.classifier.weight": torch.zeros(7, 12), "heads.concat.classifier.weight": torch.zeros(7, 12),
+             "backbones.RGB.sie_embed": torch.zeros(5, 1, 4), "backbones.NI.sie_embed": torch.zeros(5, 1, 4)}
+    assert common.sizes_from_state(state, "x.pth") == (7, 5)
+    state.pop("backbones.RGB.sie_embed"), state.pop("backbones.NI.sie_embed")
+    assert common.sizes_from_state(state, "x.pth") == (7, 0)
+    with pytest.raises(common.CheckpointError, match="x.pth"):
+        common.sizes_from_state({"layer.weight": torch.zeros(3)}, "x.pth")
+
+
+def test_load_model_matches_training_model(trained_run, demo_root, tmp_path):
+    """The tool's model (sizes read from the checkpoint) gives the trainer's test features."""
+    out, trainer, _ = trained_run
+    cfg = load_config(None, tool_opts(trained_run, demo_root, tmp_path, **{"TEST.WEIGHT": str(out / "last.pth")}))
+    loaded = common.load_model(cfg)
+    assert (loaded.num_classes, loaded.num_cameras) == (trainer.data.num_classes, trainer.data.num_cameras)
+    records, _, _ = common.test_records(cfg)
+    batch = next(iter(common.records_loader(cfg, records[:4], loaded.spectra)))
+    was_training = trainer.model.training
+    trainer.model.eval()
+    try:
+        with torch.no_grad():
+            expected = trainer.model(batch["images"], batch["camid"])
+    finally:
+        trainer.model.train(was_training)
+    got = common.record_features(loaded, cfg, records[:4], "nothing")
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_record_features_runs_a_repeated_sample_once(trained_run, demo_root, tmp_path):
+    cfg = load_config(None, tool_opts(trained_run, demo_root, tmp_path))
+    loaded = common.load_model(cfg)
+    records, _, _ = common.test_records(cfg)
+    twice = [records[3], records[0], records[3]]
+    assert len(common.unique_records(twice)) == 2
+    feats = common.record_features(loaded, cfg, twice, "t")
+    torch.testing.assert_close(feats[0], feats[2], rtol=0, atol=0)
+    assert not torch.equal(feats[0], feats[1])
+
+
+def test_checkpoint_of_another_architecture_is_one_error_line(trained_run, demo_root, tmp_path):
+    result = run_cli("extract_features", ["--split", "query", *tool_opts(
+        trained_run, demo_root, tmp_path, **{"MODEL.TRANSFORMER_TYPE": "vit_small_patch16_224"})])
+    assert_one_error_line(result, "best.pth", "do not fit")
+    assert not list(tmp_path.glob("*.npz"))
+
+
+def test_missing_weight_is_one_error_line(demo_root, tmp_path):
+    result = run_cli("tsne", [*tiny_opts(demo_root, str(tmp_path)), "TEST.WEIGHT", str(tmp_path / "nothing.pth")])
+    assert_one_error_line(result, "nothing.pth")
