@@ -109,7 +109,8 @@ class _SkipBatches(Sampler):
 
 def _resumed_loader(loader: DataLoader, skip: int) -> DataLoader:
     return DataLoader(loader.dataset, batch_sampler=_SkipBatches(loader.batch_sampler, skip),
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                      generator=loader.generator)  # never draw from the global RNG: resume must not shift it
 
 
 class Trainer:
