@@ -123,3 +123,19 @@ def test_search_input_errors(gallery_npz, tmp_path):
     np.savez(other, features=np.ones((3, 5), np.float32), names=np.array(["a", "b", "c"]))
     assert search.main(["--gallery", str(gallery_npz), "--query-npz", str(other)]) == 1  # 5 vs 576 dimensions
     assert search.main(["--gallery", str(gallery_npz)]) == 1  # no queries
+
+
+def test_npy_gallery_with_a_text_names_file(tmp_path):
+    generator = np.random.default_rng(0)
+    gallery = generator.standard_normal((40, 8)).astype(np.float32)
+    np.save(tmp_path / "g.npy", gallery)
+    (tmp_path / "g.txt").write_text("".join(f"item{i}\n" for i in range(40)))
+    np.savez(tmp_path / "q.npz", features=gallery[[5, 31]], names=np.array(["five", "thirty-one"]))
+    out = tmp_path / "m.json"
+    assert search.main(["--gallery", str(tmp_path / "g.npy"), "--gallery-labels", str(tmp_path / "g.txt"),
+                        "--query-npz", str(tmp_path / "q.npz"), "--topk", "1", "--output", str(out)]) == 0
+    found = json.loads(out.read_text())["queries"]
+    assert [(q["name"], q["matches"][0]["name"]) for q in found] == [("five", "item5"), ("thirty-one", "item31")]
+    (tmp_path / "g.txt").write_text("only one name\n")
+    assert search.main(["--gallery", str(tmp_path / "g.npy"), "--gallery-labels", str(tmp_path / "g.txt"),
+                        "--query-npz", str(tmp_path / "q.npz"), "--output", str(out)]) == 1
