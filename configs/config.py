@@ -44,31 +44,44 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _coerce_tree(node: dict, defaults: CN, prefix: str = "") -> dict:
-    out = {}
+def _type_name(v: Any) -> str:
+    return type(v).__name__
+
+
+def _merge_tree(cfg: CN, node: dict, prefix: str = "") -> None:
+    """Merge ``node`` into ``cfg``: unknown keys and type mismatches are errors naming the key.
+
+    yacs' own merge re-parses every string with ``literal_eval``, which turns a string value such as ``'0'`` for a
+    string key into an int; here strings stay strings where the default is a string.
+    """
     for name, value in node.items():
         key = f"{prefix}{name}"
-        if name not in defaults:
+        if name not in cfg:
             raise ConfigError(f"unknown config key {key}")
-        default = defaults[name]
+        default = cfg[name]
         if isinstance(default, CN):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {key} is a section; got {value!r}")
-            out[name] = _coerce_tree(value, default, key + ".")
-        else:
-            if isinstance(value, str) and not isinstance(default, str):
-                value = CN._decode_cfg_value(value)
-            out[name] = _coerce(key, value, default)
-    return out
+            _merge_tree(default, value, key + ".")
+            continue
+        if isinstance(value, str) and not isinstance(default, str):
+            value = CN._decode_cfg_value(value)
+        value = _coerce(key, value, default)
+        if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+            value = type(default)(value)
+        elif isinstance(default, str) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # e.g. MODEL.DEVICE_ID 0
+        if type(value) is not type(default):
+            raise ConfigError(f"config key {key} = {value!r} has type {_type_name(value)}, expected "
+                              f"{_type_name(default)}")
+        cfg[name] = value
 
 
 def _merge(cfg: CN, tree: dict, source: str) -> None:
     try:
-        cfg.merge_from_other_cfg(CN(_coerce_tree(tree, cfg)))
+        _merge_tree(cfg, tree)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-    except (KeyError, ValueError) as err:  # yacs type mismatch or unknown key
-        raise ConfigError(f"{source}: {err.args[0] if err.args else err}") from None
 
 
 def merge_file(cfg: CN, config_file: str) -> None:

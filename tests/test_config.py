@@ -75,8 +75,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def _invalid_values(rule):
     """A strategy of values the rule must reject."""
-    wrong_type = st.one_of(st.none(), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2),
-                                                                                           st.integers(), max_size=1))
+    wrong_type = st.one_of(st.none(), st.lists(st.text(max_size=3).map(lambda v: "?" + v), min_size=1, max_size=3),
+                           st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
     if hasattr(rule, "allowed"):
         return st.one_of(st.text(max_size=12).filter(lambda v: v not in rule.allowed), st.integers(), wrong_type)
     if hasattr(rule, "bounds"):
@@ -109,3 +109,18 @@ def test_every_validated_key_rejects_invalid_values(data):
 
 def test_defaults_are_valid():
     validate(get_cfg_defaults())
+
+
+def test_saved_config_loads_back(tmp_path):
+    from configs import save_config
+
+    cfg = load_config("configs/RGBNT201/TOP-ReID.yml", ["MODEL.DEVICE_ID", "0", "OUTPUT_DIR", "123",
+                                                         "MODEL.STRIDE_SIZE", "[12,12]"])
+    assert cfg.MODEL.DEVICE_ID == "0" and cfg.OUTPUT_DIR == "123" and list(cfg.MODEL.STRIDE_SIZE) == [12, 12]
+    save_config(cfg, str(tmp_path / "config.yaml"))
+    assert load_config(str(tmp_path / "config.yaml")) == cfg
+
+
+def test_type_mismatch_names_the_key():
+    with pytest.raises(ConfigError, match=r"SOLVER\.MAX_EPOCHS"):
+        load_config(None, ["SOLVER.MAX_EPOCHS", "1.5"])
