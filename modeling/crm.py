@@ -43,14 +43,27 @@ class ComplementaryReconstruction(nn.Module):
                 total = term if total is None else total + term
         return total
 
-    def complete(self, tokens: Mapping[str, torch.Tensor], missing: Collection[str]) -> dict[str, torch.Tensor]:
-        """``tokens`` of the available spectra plus a reconstruction for each spectrum in ``missing``."""
+    def complete(self, tokens: Mapping[str, torch.Tensor], missing: Collection[str],
+                 cache: dict[tuple[str, str], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """``tokens`` of the available spectra plus a reconstruction for each spectrum in ``missing``.
+
+        ``cache`` (one dict per batch) keeps each reconstruction s -> t, so evaluating several missing settings on
+        the same tokens runs each reconstructor at most once.
+        """
         available = [s for s in self.spectra if s in tokens and s not in missing]
         if not available:
             raise ValueError(f"nothing to reconstruct from: every spectrum of {self.spectra} is missing")
         out = {s: tokens[s] for s in available}
         for t in self.spectra:
             if t in missing:
-                recons = [self.recon[s][t](tokens[s]) for s in available]
+                recons = [self._reconstruct(tokens, s, t, cache) for s in available]
                 out[t] = recons[0] if len(recons) == 1 else torch.stack(recons).mean(0)
         return out
+
+    def _reconstruct(self, tokens: Mapping[str, torch.Tensor], s: str, t: str,
+                     cache: dict[tuple[str, str], torch.Tensor] | None) -> torch.Tensor:
+        if cache is None:
+            return self.recon[s][t](tokens[s])
+        if (s, t) not in cache:
+            cache[(s, t)] = self.recon[s][t](tokens[s])
+        return cache[(s, t)]

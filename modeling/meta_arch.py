@@ -91,8 +91,12 @@ class TOPReID(nn.Module):
         return missing
 
     def features_from_tokens(self, tokens: Mapping[str, torch.Tensor], missing: Collection[str] = frozenset(),
-                             ) -> torch.Tensor:
-        """Test feature [B, feat_dim] from backbone tokens (tokens of missing spectra, if given, are ignored)."""
+                             cache: dict | None = None) -> torch.Tensor:
+        """Test feature [B, feat_dim] from backbone tokens (tokens of missing spectra, if given, are ignored).
+
+        ``cache``: a dict shared by calls on the same tokens (one batch, several settings) so CRM reconstructions
+        are computed once.
+        """
         missing = self.resolve_missing(missing)
         absent = [s for s in self.spectra if s not in missing and s not in tokens]
         if absent:
@@ -101,7 +105,7 @@ class TOPReID(nn.Module):
         if self.tpm is None:
             return self._baseline_feature(tokens, missing)
         if self.crm is not None and missing:
-            tokens = self.crm.complete(tokens, missing)
+            tokens = self.crm.complete(tokens, missing, cache)
             missing = frozenset()
         feat = self.tpm(tokens)
         if self.neck_feat == "after":

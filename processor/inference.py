@@ -73,9 +73,10 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
         cams = batch["camid"].to(device, non_blocking=True)
         with _autocast(device, amp, amp_dtype):
             tokens = model.backbone_tokens(images, cams)
+            cache: dict = {}  # CRM reconstructions shared by the settings of this batch
             for name, m in missing.items():
                 available = {s: t for s, t in tokens.items() if s not in m}
-                feats[name].append(model.features_from_tokens(available, m & used).float().cpu())
+                feats[name].append(model.features_from_tokens(available, m & used, cache).float().cpu())
         pids.append(batch["pid"].numpy())
         camids.append(batch["camid"].numpy())
         sceneids.append(batch["sceneid"].numpy())
