@@ -1,0 +1,275 @@
+"""All performance measurements of the project, each next to its target; writes benchmarks/results.json.
+
+    .venv/bin/python benchmarks/run.py            # full sizes (several minutes on a 2-core CPU)
+    .venv/bin/python benchmarks/run.py --quick    # small sizes, a smoke run (figures are not the targets)
+
+Sections: (1) metrics, see benchmarks/bench_metrics.py; (2) the missing-spectral table: `TEST.MISS all` in one pass
+against the full-spectrum evaluation alone, and a single missing setting; (3) the train step (eager, activation
+checkpointing: time and peak memory in a fresh process); (4) the input pipeline: images/s of one worker against a
+plain per-spectrum PIL + torchvision pipeline, on RGBNT201 (three files) and RGBNT100 (one stitched file) layouts;
+(5) CUDA train samples/s at batch 128 with mixed precision, when a GPU is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from configs import load_config  # noqa: E402
+
+
+def _cfg(backbone: str, size: tuple[int, int], *extra: str):
+    return load_config(None, ["MODEL.TRANSFORMER_TYPE", backbone, "MODEL.PRETRAIN_CHOICE", "none",
+                              "INPUT.SIZE_TRAIN", f"[{size[0]},{size[1]}]", "INPUT.SIZE_TEST", f"[{size[0]},{size[1]}]",
+                              "MODEL.DROP_PATH", "0.0", *extra])
+
+
+def _images(batch: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {s: torch.randn(batch, 3, *size, generator=g) for s in ("RGB", "NI", "TI")}
+
+
+class _Loader(list):
+    """A list of batches in the loader's format (inference needs only iteration)."""
+
+
+def bench_missing_table(backbone: str, size: tuple[int, int], batch: int, batches: int, repeats: int) -> dict:
+    from modeling import make_model
+    from processor.inference import extract_features
+    from utils.spectra import MISS_SETTINGS
+
+    torch.manual_seed(0)
+    model = make_model(_cfg(backbone, size), num_classes=171, camera_num=4).eval()
+    images = _images(batch, size)
+    loader = _Loader({"images": images, "camid": torch.arange(batch) % 4, "pid": torch.arange(batch),
+                      "sceneid": torch.full((batch,), -1), "name": [str(i) for i in range(batch)]}
+                     for _ in range(batches))
+
+    def timed(settings: list[str]) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            extract_features(model, loader, torch.device("cpu"), settings)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    timed(["nothing"])  # warm-up
+    full, all_settings, single = timed(["nothing"]), timed(list(MISS_SETTINGS)), timed(["r"])
+    return {"backbone": backbone, "size": list(size), "images": batch * batches, "full_s": full, "all_s": all_settings,
+            "all_over_full": all_settings / full, "single_r_s": single, "single_over_full": single / full}
+
+
+_STEP_CHILD = r"""
+import json, resource, sys, time, torch
+sys.path.insert(0, {root!r})
+from configs import load_config
+from modeling import make_model
+from loss import make_loss
+from solver import make_optimizer
+opts = {opts!r}
+cfg = load_config(None, opts)
+torch.manual_seed(0)
+model = make_model(cfg, num_classes=171, camera_num=4).train()
+loss_fn, opt = make_loss(cfg, 171), make_optimizer(cfg, model)
+g = torch.Generator().manual_seed(0)
+h, w = cfg.INPUT.SIZE_TRAIN
+images = {{s: torch.randn({batch}, 3, h, w, generator=g) for s in ("RGB", "NI", "TI")}}
+pids = torch.arange({batch}) // 4
+cams = torch.arange({batch}) % 4
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+times = []
+for i in range({steps} + 1):
+    start = time.perf_counter()
+    loss, _ = loss_fn(model(images, cams), pids)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    times.append(time.perf_counter() - start)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"step_s": min(times[1:]), "peak_rss_mb": peak / 1024, "rss_before_mb": before / 1024}}))
+"""
+
+
+def bench_train_step(backbone: str, size: tuple[int, int], batch: int, steps: int) -> dict:
+    out = {"backbone": backbone, "size": list(size), "batch": batch}
+    for name, flag in (("eager", "False"), ("checkpointing", "True")):
+        opts = ["MODEL.TRANSFORMER_TYPE", backbone, "MODEL.PRETRAIN_CHOICE", "none", "INPUT.SIZE_TRAIN",
+                f"[{size[0]},{size[1]}]", "MODEL.DROP_PATH", "0.0", "MODEL.GRAD_CHECKPOINT", flag]
+        code = _STEP_CHILD.format(root=str(ROOT), opts=opts, batch=batch, steps=steps)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[name]["samples_per_s"] = batch / out[name]["step_s"]
+    out["checkpointing_memory_saving_mb"] = out["eager"]["peak_rss_mb"] - out["checkpointing"]["peak_rss_mb"]
+    return out
+
+
+def _write_tree(root: Path, layout: str, n: int) -> list:
+    """A synthetic tree of real-sized JPEGs in one data set layout; returns its records."""
+    from PIL import Image
+
+    from data.datasets import build_dataset
+
+    rng = np.random.default_rng(0)
+    if layout == "RGBNT201":
+        for s in ("RGB", "NI", "TI"):
+            folder = root / "RGBNT201" / "train_171" / s
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                arr = rng.integers(0, 255, (256, 128, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(folder / f"{i // 4 + 1:06d}_cam{i % 4 + 1}_0_{i:02d}.jpg", quality=90)
+        (root / "RGBNT201" / "test" / "RGB").mkdir(parents=True)
+        for s in ("RGB", "NI", "TI"):
+            d = root / "RGBNT201" / "test" / s
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (256, 128, 3), dtype=np.uint8)).save(d / "000001_cam1_0_00.jpg")
+    else:
+        base = root / "RGBNT100" / "rgbir"
+        for split in ("bounding_box_train", "query", "bounding_box_test"):
+            (base / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = rng.integers(0, 255, (128, 768, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(base / "bounding_box_train" / f"{i // 4 + 1:04d}_c{i % 4 + 1:04d}_{i:03d}.jpg")
+        for split in ("query", "bounding_box_test"):
+            Image.fromarray(rng.integers(0, 255, (128, 768, 3), dtype=np.uint8)).save(
+                base / split / "0001_c0001_000.jpg")
+    return build_dataset(layout, str(root)).train
+
+
+def bench_input_pipeline(n: int, repeats: int) -> dict:
+    """Images/s of one worker (main process, no DataLoader): this project's dataset against plain PIL+torchvision
+    per spectrum (open each spectrum's file, crop stitched files after a full decode per spectrum)."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from data.loader import MultiSpectralDataset
+    from data.transforms import build_transforms
+
+    cfg = load_config("configs/RGBNT201/TOP-ReID.yml")
+    train_tf = build_transforms(cfg, is_train=True)
+    plain_tf = T.Compose([T.Resize((256, 128), interpolation=T.InterpolationMode.BICUBIC), T.RandomHorizontalFlip(0.5),
+                          T.Pad(10), T.RandomCrop((256, 128)), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3),
+                          T.RandomErasing(p=0.5, value="random")])
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for layout in ("RGBNT201", "RGBNT100"):
+            records = _write_tree(Path(tmp) / layout, layout, n)
+            dataset = MultiSpectralDataset(records, ("RGB", "NI", "TI"), train_tf)
+
+            def ours(dataset: MultiSpectralDataset = dataset) -> None:
+                for i in range(len(dataset)):
+                    dataset[(i, i)]
+
+            def plain(records: list = records) -> None:
+                for r in records:
+                    for k, s in enumerate(("RGB", "NI", "TI")):
+                        img = Image.open(r.paths[s]).convert("RGB")
+                        if r.stitched:
+                            w = img.width // 3
+                            img = img.crop((k * w, 0, (k + 1) * w, img.height))
+                        plain_tf(img)
+
+            def best(fn, n: int = len(records)) -> float:
+                t = float("inf")
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    fn()
+                    t = min(t, time.perf_counter() - start)
+                return n / t
+
+            torch.set_num_threads(1)  # one worker = one thread
+            ours_rate, plain_rate = best(ours), best(plain)
+            torch.set_num_threads(os.cpu_count() or 1)
+            results[layout] = {"samples": len(records), "ours_samples_per_s": ours_rate,
+                               "plain_samples_per_s": plain_rate, "speedup": ours_rate / plain_rate}
+    return results
+
+
+def bench_cuda(batch: int, steps: int) -> dict:
+    from loss import make_loss
+    from modeling import make_model
+    from solver import make_optimizer
+
+    out = {"device": torch.cuda.get_device_name(0)}
+    for backbone in ("vit_base_patch16_224", "deit_small_patch16_224", "t2t_vit_t_24"):
+        cfg = _cfg(backbone, (256, 128))
+        model = make_model(cfg, 171, 4).cuda().train()
+        loss_fn, opt = make_loss(cfg, 171), make_optimizer(cfg, model)
+        images = {s: v.cuda() for s, v in _images(batch, (256, 128)).items()}
+        pids, cams = (torch.arange(batch) // 16).cuda(), (torch.arange(batch) % 4).cuda()
+        for i in range(steps + 3):
+            if i == 3:
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss, _ = loss_fn(model(images, cams), pids)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        torch.cuda.synchronize()
+        out[backbone] = {"samples_per_s": batch * steps / (time.perf_counter() - start)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not the targets")
+    parser.add_argument("--skip-metrics", action="store_true", help="leave out the (slow) metrics section")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results.json"))
+    args = parser.parse_args()
+    q = args.quick
+    results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                                 "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                                 "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+                     "quick": q}
+    lines = []
+    if not args.skip_metrics:
+        from benchmarks.bench_metrics import _report
+        from benchmarks.bench_metrics import run as run_metrics
+
+        results["metrics"] = run_metrics(q)
+        lines.append(_report(results["metrics"]))
+    m = results["missing_table"] = bench_missing_table("vit_base_patch16_224", (256, 128), 4 if q else 8,
+                                                       1 if q else 2, 1 if q else 2)
+    lines.append(f"missing table ({m['backbone']}, {m['images']} images): full {m['full_s']:.2f} s, all seven "
+                 f"{m['all_s']:.2f} s = {m['all_over_full']:.2f}x (target <= 1.5x: "
+                 f"{'met' if m['all_over_full'] <= 1.5 else 'NOT met'}); single '-RGB' {m['single_r_s']:.2f} s = "
+                 f"{m['single_over_full']:.2f}x (target < 1: {'met' if m['single_over_full'] < 1 else 'NOT met'})")
+    t = results["train_step"] = bench_train_step("vit_base_patch16_224", (256, 128), 4 if q else 8, 1 if q else 3)
+    lines.append(f"train step ({t['backbone']}, batch {t['batch']}, CPU fp32): eager {t['eager']['step_s']:.2f} s "
+                 f"({t['eager']['samples_per_s']:.1f} samples/s, peak RSS {t['eager']['peak_rss_mb']:.0f} MB); "
+                 f"checkpointing {t['checkpointing']['step_s']:.2f} s (peak RSS "
+                 f"{t['checkpointing']['peak_rss_mb']:.0f} MB, saves {t['checkpointing_memory_saving_mb']:.0f} MB)")
+    p = results["input_pipeline"] = bench_input_pipeline(16 if q else 96, 1 if q else 3)
+    for layout, r in p.items():
+        lines.append(f"input pipeline {layout}: {r['ours_samples_per_s']:.1f} samples/s per worker vs plain "
+                     f"{r['plain_samples_per_s']:.1f} = {r['speedup']:.2f}x (target >= 1.5x: "
+                     f"{'met' if r['speedup'] >= 1.5 else 'NOT met'})")
+    if torch.cuda.is_available():
+        c = results["cuda"] = bench_cuda(128, 5 if q else 20)
+        for name in ("vit_base_patch16_224", "deit_small_patch16_224", "t2t_vit_t_24"):
+            lines.append(f"CUDA {c['device']} {name}: {c[name]['samples_per_s']:.1f} train samples/s at batch 128 "
+                         f"(bf16); original ViT-B: 47, target 141")
+    else:
+        lines.append("CUDA: no GPU on this machine; section not measured")
+    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(args.output).write_text(json.dumps(results, indent=2, default=float))
+    print("\n".join(lines))
+    print(f"written {args.output}")
+
+
+if __name__ == "__main__":
+    main()
