@@ -52,9 +52,9 @@ class ReIDDataset:
     """
 
     name: str
-    train: list[Record]
-    query: list[Record]
-    gallery: list[Record]
+    train: list[Record] = field(repr=False)
+    query: list[Record] = field(repr=False)
+    gallery: list[Record] = field(repr=False)
     junk_key: str = "camid"
     num_train_pids: int = field(init=False)
     num_train_cams: int = field(init=False)
