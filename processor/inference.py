@@ -7,6 +7,7 @@ that removes spectra never runs their backbones; with a single setting only the 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +46,18 @@ def _autocast(device: torch.device, amp: bool, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype, enabled=amp and device.type == "cuda")
 
 
+def _rank_batches(loader: DataLoader, rank: int, world: int):
+    """(batch index, batch) of every world-th batch starting at ``rank``; only those samples are decoded."""
+    if world == 1:
+        yield from enumerate(loader)
+        return
+    n, size = len(loader.dataset), loader.batch_size
+    mine = list(range(rank, math.ceil(n / size), world))
+    sharded = DataLoader(loader.dataset, batch_sampler=[list(range(b * size, min((b + 1) * size, n))) for b in mine],
+                         num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+    yield from zip(mine, sharded)
+
+
 @torch.no_grad()
 def extract_features(model: nn.Module, loader: DataLoader, device: torch.device, settings: Sequence[str],
                      amp: bool = False, amp_dtype: torch.dtype = torch.float16) -> ExtractedFeatures:
@@ -65,9 +78,7 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
     feats: dict[str, list[torch.Tensor]] = {s: [] for s in settings}
     order: list[int] = []
     pids, camids, sceneids, names = [], [], [], []
-    for batch_index, batch in enumerate(loader):
-        if batch_index % world != rank:
-            continue
+    for batch_index, batch in _rank_batches(loader, rank, world):
         order.append(batch_index)
         images = {s: batch["images"][s].to(device, non_blocking=True) for s in needed}
         cams = batch["camid"].to(device, non_blocking=True)
