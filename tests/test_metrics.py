@@ -263,3 +263,12 @@ def test_evaluator_errors():
         evaluator.compute()
     with pytest.raises(ValueError, match="features with 3 pids"):
         evaluator.process(torch.zeros(4, 4), np.zeros(3), np.zeros(4))
+
+
+def test_queries_without_a_match_are_logged(caplog):
+    import logging
+
+    dist = np.array([[0.1, 0.2], [0.3, 0.4]], dtype=np.float32)
+    with caplog.at_level(logging.WARNING, logger="utils.metrics"):
+        evaluate_rank(dist, np.array([1, 9]), np.array([1, 2]), np.array([0, 0]), np.array([1, 1]))
+    assert "1 of 2 queries have no match" in caplog.text

@@ -165,7 +165,7 @@ def _summarise(stats: list[_QueryStats], max_rank: int) -> tuple[np.ndarray, flo
                          "the query/gallery split, the pids and the group ids (camera or scene)")
     skipped = len(valid) - num_valid
     if skipped:
-        logger.debug("%d of %d queries have no match in the gallery and are skipped", skipped, len(valid))
+        logger.warning("%d of %d queries have no match in the gallery and are skipped", skipped, len(valid))
     first = np.concatenate([s.first_rank[s.valid] for s in stats])
     ap = np.concatenate([s.ap[s.valid] for s in stats])
     inp = np.concatenate([s.inp[s.valid] for s in stats])
