@@ -49,3 +49,13 @@ def test_activation_checkpointing_gives_the_same_outputs_and_gradients():
     assert results[0][1].keys() == results[1][1].keys()
     for name in results[0][1]:
         torch.testing.assert_close(results[0][1][name], results[1][1][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_compiled_model_gives_the_same_features():
+    """MODEL.COMPILE wraps the model in torch.compile; its features must equal eager ones (CPU, within 1e-5)."""
+    model = _model().eval()
+    images, cams = _inputs()
+    with torch.no_grad():
+        eager = model(images, cams)
+        compiled = torch.compile(model)(images, cams)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
