@@ -73,7 +73,7 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
     for name, m in missing.items():
         if used <= m:
             raise ValueError(f"TEST.MISS setting {name!r} removes every spectrum the model uses ({sorted(used)})")
-    rank, world = du.get_rank(), (torch.distributed.get_world_size() if du.is_distributed() else 1)
+    rank, world = du.get_rank(), du.get_world_size()
     start = time.perf_counter()
     feats: dict[str, list[torch.Tensor]] = {s: [] for s in settings}
     order: list[int] = []

@@ -226,10 +226,7 @@ class Trainer:
 
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
-        handlers = {}
-        if du.is_main_process() or du.is_distributed():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                handlers[sig] = signal.signal(sig, self._on_signal)
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             results: dict[str, Any] = {}
             for epoch in range(self.start_epoch, cfg.SOLVER.MAX_EPOCHS + 1):

@@ -178,6 +178,7 @@ def load_model(cfg: CfgNode, device: str | None = None) -> LoadedModel:
     ``device``)."""
     from modeling import make_model
     from modeling.convert import load_model_weights
+    from processor.trainer import amp_dtype
     from utils.env import resolve_device
 
     path = cfg.TEST.WEIGHT
@@ -192,7 +193,7 @@ def load_model(cfg: CfgNode, device: str | None = None) -> LoadedModel:
     logger.info("loaded %s: %s, %d identities, %d cameras, on %s", path, cfg.MODEL.TRANSFORMER_TYPE, num_classes,
                 num_cameras, target)
     return LoadedModel(model, target, num_classes, num_cameras, path, cfg.SOLVER.AMP and target.type == "cuda",
-                       torch.bfloat16 if cfg.SOLVER.AMP_DTYPE == "bf16" else torch.float16)
+                       amp_dtype(cfg))
 
 
 def available_spectra(loaded: LoadedModel, setting: str) -> list[str]:

@@ -29,6 +29,10 @@ def get_rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
 def is_main_process() -> bool:
     return get_rank() == 0
 
