@@ -117,7 +117,19 @@ def bench_train_step(backbone: str, size: tuple[int, int], batch: int, steps: in
     return out
 
 
-def _write_tree(root: Path, layout: str, n: int) -> list:
+def _pixels(rng: np.random.Generator, height: int, width: int, content: str) -> np.ndarray:
+    """A uint8 [H, W, 3] picture: "photo" is a smooth random colour field with mild sensor noise (compresses like
+    a camera picture), "noise" is uniform noise in every pixel (the worst case for a JPEG decoder)."""
+    if content == "noise":
+        return rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    import cv2
+
+    coarse = rng.uniform(0, 255, (height // 16 + 1, width // 16 + 1, 3)).astype(np.float32)
+    smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.clip(smooth + rng.normal(0, 4, smooth.shape), 0, 255).astype(np.uint8)
+
+
+def _write_tree(root: Path, layout: str, n: int, content: str) -> list:
     """A synthetic tree of real-sized JPEGs in one data set layout; returns its records."""
     from PIL import Image
 
@@ -129,29 +141,28 @@ def _write_tree(root: Path, layout: str, n: int) -> list:
             folder = root / "RGBNT201" / "train_171" / s
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                arr = rng.integers(0, 255, (256, 128, 3), dtype=np.uint8)
-                Image.fromarray(arr).save(folder / f"{i // 4 + 1:06d}_cam{i % 4 + 1}_0_{i:02d}.jpg", quality=90)
-        (root / "RGBNT201" / "test" / "RGB").mkdir(parents=True)
+                Image.fromarray(_pixels(rng, 256, 128, content)).save(
+                    folder / f"{i // 4 + 1:06d}_cam{i % 4 + 1}_0_{i:02d}.jpg", quality=90)
         for s in ("RGB", "NI", "TI"):
             d = root / "RGBNT201" / "test" / s
             d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (256, 128, 3), dtype=np.uint8)).save(d / "000001_cam1_0_00.jpg")
+            Image.fromarray(_pixels(rng, 256, 128, content)).save(d / "000001_cam1_0_00.jpg")
     else:
         base = root / "RGBNT100" / "rgbir"
         for split in ("bounding_box_train", "query", "bounding_box_test"):
             (base / split).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            arr = rng.integers(0, 255, (128, 768, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(base / "bounding_box_train" / f"{i // 4 + 1:04d}_c{i % 4 + 1:04d}_{i:03d}.jpg")
+            Image.fromarray(_pixels(rng, 128, 768, content)).save(
+                base / "bounding_box_train" / f"{i // 4 + 1:04d}_c{i % 4 + 1:04d}_{i:03d}.jpg")
         for split in ("query", "bounding_box_test"):
-            Image.fromarray(rng.integers(0, 255, (128, 768, 3), dtype=np.uint8)).save(
-                base / split / "0001_c0001_000.jpg")
+            Image.fromarray(_pixels(rng, 128, 768, content)).save(base / split / "0001_c0001_000.jpg")
     return build_dataset(layout, str(root)).train
 
 
 def bench_input_pipeline(n: int, repeats: int) -> dict:
-    """Images/s of one worker (main process, no DataLoader): this project's dataset against plain PIL+torchvision
-    per spectrum (open each spectrum's file, crop stitched files after a full decode per spectrum)."""
+    """Samples/s of one worker (main process, one thread, no DataLoader): this project's dataset against plain
+    PIL + torchvision per spectrum (open each spectrum's file, crop stitched files after a full decode per
+    spectrum), for both layouts and both picture contents (see :func:`_pixels`)."""
     from PIL import Image
     from torchvision import transforms as T
 
@@ -165,48 +176,66 @@ def bench_input_pipeline(n: int, repeats: int) -> dict:
                           T.RandomErasing(p=0.5, value="random")])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for layout in ("RGBNT201", "RGBNT100"):
-            records = _write_tree(Path(tmp) / layout, layout, n)
-            dataset = MultiSpectralDataset(records, ("RGB", "NI", "TI"), train_tf)
+        for content in ("photo", "noise"):
+            for layout in ("RGBNT201", "RGBNT100"):
+                records = _write_tree(Path(tmp) / content / layout, layout, n, content)
+                dataset = MultiSpectralDataset(records, ("RGB", "NI", "TI"), train_tf)
 
-            def ours(dataset: MultiSpectralDataset = dataset) -> None:
-                for i in range(len(dataset)):
-                    dataset[(i, i)]
+                def ours(dataset: MultiSpectralDataset = dataset) -> None:
+                    for i in range(len(dataset)):
+                        dataset[(i, i)]
 
-            def plain(records: list = records) -> None:
-                for r in records:
-                    for k, s in enumerate(("RGB", "NI", "TI")):
-                        img = Image.open(r.paths[s]).convert("RGB")
-                        if r.stitched:
-                            w = img.width // 3
-                            img = img.crop((k * w, 0, (k + 1) * w, img.height))
-                        plain_tf(img)
+                def plain(records: list = records) -> None:
+                    for r in records:
+                        for k, s in enumerate(("RGB", "NI", "TI")):
+                            img = Image.open(r.paths[s]).convert("RGB")
+                            if r.stitched:
+                                w = img.width // 3
+                                img = img.crop((k * w, 0, (k + 1) * w, img.height))
+                            plain_tf(img)
 
-            def best(fn, n: int = len(records)) -> float:
-                t = float("inf")
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    fn()
-                    t = min(t, time.perf_counter() - start)
-                return n / t
-
-            torch.set_num_threads(1)  # one worker = one thread
-            ours_rate, plain_rate = best(ours), best(plain)
-            torch.set_num_threads(os.cpu_count() or 1)
-            results[layout] = {"samples": len(records), "ours_samples_per_s": ours_rate,
-                               "plain_samples_per_s": plain_rate, "speedup": ours_rate / plain_rate}
+                files = sorted({p for r in records for p in r.paths.values()})
+                torch.set_num_threads(1)  # one worker = one thread
+                best = {ours: float("inf"), plain: float("inf")}
+                for _ in range(repeats):  # interleaved, so that both see the same machine load
+                    for fn in best:
+                        start = time.perf_counter()
+                        fn()
+                        best[fn] = min(best[fn], time.perf_counter() - start)
+                torch.set_num_threads(os.cpu_count() or 1)
+                ours_rate, plain_rate = len(records) / best[ours], len(records) / best[plain]
+                results[f"{layout} {content}"] = {
+                    "layout": layout, "content": content, "samples": len(records),
+                    "mean_file_kb": sum(os.path.getsize(f) for f in files) / len(files) / 1024,
+                    "ours_samples_per_s": ours_rate, "plain_samples_per_s": plain_rate,
+                    "speedup": ours_rate / plain_rate}
     return results
+
+
+# Dense bf16 tensor-core peak of current data-centre GPUs (vendor data sheets), for model FLOP utilisation.
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    """The dense bf16 peak of the named GPU (the most specific entry of PEAK_BF16_FLOPS in its name), or None."""
+    found = [k for k in PEAK_BF16_FLOPS if k in device_name]
+    return PEAK_BF16_FLOPS[max(found, key=len)] if found else None
 
 
 def bench_cuda(batch: int, steps: int) -> dict:
     from loss import make_loss
     from modeling import make_model
     from solver import make_optimizer
+    from tools.count_params import count_flops
 
-    out = {"device": torch.cuda.get_device_name(0)}
+    out = {"device": torch.cuda.get_device_name(0), "peak_bf16_flops": peak_bf16_flops(torch.cuda.get_device_name(0))}
     for backbone in ("vit_base_patch16_224", "deit_small_patch16_224", "t2t_vit_t_24"):
         cfg = _cfg(backbone, (256, 128))
         model = make_model(cfg, 171, 4).cuda().train()
+        # A train step costs about three forwards (the backward pass twice the forward's multiply-adds).
+        sample = {s: v.cuda() for s, v in _images(2, (256, 128)).items()}
+        step_flops = 3 * count_flops(model, sample, torch.zeros(2, dtype=torch.long).cuda(), True)["Global"] / 2
+        model.train()
         loss_fn, opt = make_loss(cfg, 171), make_optimizer(cfg, model)
         images = {s: v.cuda() for s, v in _images(batch, (256, 128)).items()}
         pids, cams = (torch.arange(batch) // 16).cuda(), (torch.arange(batch) % 4).cuda()
@@ -220,7 +249,10 @@ def bench_cuda(batch: int, steps: int) -> dict:
             loss.backward()
             opt.step()
         torch.cuda.synchronize()
-        out[backbone] = {"samples_per_s": batch * steps / (time.perf_counter() - start)}
+        rate = batch * steps / (time.perf_counter() - start)
+        peak = out["peak_bf16_flops"]
+        out[backbone] = {"samples_per_s": rate, "train_flops_per_sample": step_flops,
+                         "mfu": rate * step_flops / peak if peak else None}
     return out
 
 
@@ -253,16 +285,18 @@ def main() -> None:
                  f"({t['eager']['samples_per_s']:.1f} samples/s, peak RSS {t['eager']['peak_rss_mb']:.0f} MB); "
                  f"checkpointing {t['checkpointing']['step_s']:.2f} s (peak RSS "
                  f"{t['checkpointing']['peak_rss_mb']:.0f} MB, saves {t['checkpointing_memory_saving_mb']:.0f} MB)")
-    p = results["input_pipeline"] = bench_input_pipeline(16 if q else 96, 1 if q else 3)
-    for layout, r in p.items():
-        lines.append(f"input pipeline {layout}: {r['ours_samples_per_s']:.1f} samples/s per worker vs plain "
+    p = results["input_pipeline"] = bench_input_pipeline(16 if q else 96, 1 if q else 5)
+    for name, r in p.items():
+        lines.append(f"input pipeline {name} ({r['mean_file_kb']:.0f} KB files): {r['ours_samples_per_s']:.1f} "
+                     f"samples/s per worker vs plain "
                      f"{r['plain_samples_per_s']:.1f} = {r['speedup']:.2f}x (target >= 1.5x: "
                      f"{'met' if r['speedup'] >= 1.5 else 'NOT met'})")
     if torch.cuda.is_available():
         c = results["cuda"] = bench_cuda(128, 5 if q else 20)
         for name in ("vit_base_patch16_224", "deit_small_patch16_224", "t2t_vit_t_24"):
+            mfu = f"MFU {c[name]['mfu']:.1%}" if c[name]["mfu"] is not None else "MFU: peak of this GPU not known"
             lines.append(f"CUDA {c['device']} {name}: {c[name]['samples_per_s']:.1f} train samples/s at batch 128 "
-                         f"(bf16); original ViT-B: 47, target 141")
+                         f"(bf16), {mfu}; original ViT-B: 47, target 141")
     else:
         lines.append("CUDA: no GPU on this machine; section not measured")
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

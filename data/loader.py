@@ -7,11 +7,13 @@ workers, and with ``NUM_WORKERS 0`` the main process's generators are left untou
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -23,31 +25,71 @@ from utils.spectra import SPECTRA
 Sample = dict[str, Any]
 
 
-def read_image(path: str) -> Image.Image:
-    """Decode an image file to RGB; a missing, unreadable or truncated file raises DatasetError naming it."""
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers of every JPEG process
+
+
+def jpeg_components(data: np.ndarray) -> int | None:
+    """The number of colour components of a JPEG file's frame (1 grey, 3 YCbCr/RGB, 4 CMYK/YCCK), read from its
+    start-of-frame header; None when ``data`` is not a JPEG file or its header is cut short."""
+    data = memoryview(data)  # plain ints when indexed
+    if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    pos = 2
+    while pos + 9 < len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _SOF_MARKERS:
+            return data[pos + 9]
+        pos += 2 + (data[pos + 2] << 8 | data[pos + 3])
+    return None
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decode an image file to a uint8 [H, W, 3] RGB array; a missing, unreadable or truncated file raises
+    DatasetError naming it.
+
+    Grey and colour JPEG files (all of the three data sets') go to OpenCV's libjpeg-turbo decoder, which gives PIL's
+    pixels without PIL's Python-side header parsing; anything else (other formats, CMYK JPEG, which OpenCV converts
+    differently) and any file OpenCV cannot decode go to PIL, which reads more formats and names what is wrong with
+    a damaged file.
+    """
     try:
-        with Image.open(path) as img:
-            img.load()  # decodes now: truncated data raises here (PIL's LOAD_TRUNCATED_IMAGES is off by default)
-            return img if img.mode == "RGB" else img.convert("RGB")
+        with open(path, "rb") as file:
+            data = np.frombuffer(file.read(), dtype=np.uint8)
     except FileNotFoundError:
         raise DatasetError(f"image file not found: {path}") from None
+    except OSError as err:
+        raise DatasetError(f"cannot read image {path}: {err}") from None
+    if jpeg_components(data) in (1, 3):
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)  # None if truncated
+        if image is not None:
+            return image
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as img:
+            img.load()  # decodes now: truncated data raises here (PIL's LOAD_TRUNCATED_IMAGES is off by default)
+            return np.array(img if img.mode == "RGB" else img.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DatasetError(f"cannot read image {path}: {err}") from None
 
 
-def decode_record(record: Record, spectra: Sequence[str]) -> dict[str, Image.Image]:
-    """The images of ``spectra`` for one record, each file decoded once (a stitched file is cropped in parts)."""
+def decode_record(record: Record, spectra: Sequence[str]) -> dict[str, np.ndarray]:
+    """The uint8 [H, W, 3] images of ``spectra`` for one record, each file decoded once (a stitched file is split
+    into views of its parts)."""
     if not record.stitched:
         return {s: read_image(record.paths[s]) for s in spectra}
     path = record.paths[spectra[0]]
     image = read_image(path)
-    width, height = image.size
+    height, width = image.shape[:2]
     parts = len(SPECTRA)
     if width % parts:
         raise DatasetError(f"stitched image {path} is {width} pixels wide, not {parts} equal parts "
                            f"({', '.join(SPECTRA)} side by side)")
     part = width // parts
-    return {s: image.crop((SPECTRA.index(s) * part, 0, (SPECTRA.index(s) + 1) * part, height)) for s in spectra}
+    return {s: image[:, SPECTRA.index(s) * part:(SPECTRA.index(s) + 1) * part] for s in spectra}
 
 
 def spectrum_seed(sample_seed: int, spectrum: str) -> int:
@@ -83,7 +125,7 @@ class MultiSpectralDataset(Dataset):
     its own seed derived from it, as the original pipeline draws independent parameters per spectrum.
     """
 
-    def __init__(self, records: Sequence[Record], spectra: Sequence[str], transform: Callable[[Image.Image], Any],
+    def __init__(self, records: Sequence[Record], spectra: Sequence[str], transform: Callable[[np.ndarray], Any],
                  share_aug: bool = False) -> None:
         unknown = [s for s in spectra if s not in SPECTRA]
         if unknown or not spectra:

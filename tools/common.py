@@ -298,7 +298,7 @@ def record_images(record: Record, spectra: Sequence[str], size: tuple[int, int])
     from data.loader import decode_record
 
     images = decode_record(record, spectra)
-    return {s: np.asarray(img.resize((size[1], size[0]), Image.BILINEAR)) for s, img in images.items()}
+    return {s: np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR)) for s, img in images.items()}
 
 
 def dimmed(image: np.ndarray) -> np.ndarray:
