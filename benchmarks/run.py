@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/run.py            # full sizes (several minutes on a 2-core CPU)
     .venv/bin/python benchmarks/run.py --quick    # small sizes, a smoke run (figures are not the targets)
+    .venv/bin/python benchmarks/run.py --only input train   # some sections; prints, writes only with --output
 
 Sections: (1) metrics, see benchmarks/bench_metrics.py; (2) the missing-spectral table: `TEST.MISS all` in one pass
 against the full-spectrum evaluation alone, and a single missing setting; (3) the train step (eager, activation
 checkpointing: time and peak memory in a fresh process); (4) the input pipeline: images/s of one worker against a
-plain per-spectrum PIL + torchvision pipeline, on RGBNT201 (three files) and RGBNT100 (one stitched file) layouts;
+plain per-spectrum PIL + torchvision pipeline, on RGBNT201 (three files) and RGBNT100 (one stitched file) layouts,
+with camera-like pictures and with uniform noise (the decoder's worst case);
 (5) CUDA train samples/s at batch 128 with mixed precision, when a GPU is present.
 """
 
@@ -256,53 +258,65 @@ def bench_cuda(batch: int, steps: int) -> dict:
     return out
 
 
+SECTIONS = ("metrics", "missing", "train", "input", "cuda")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not the targets")
     parser.add_argument("--skip-metrics", action="store_true", help="leave out the (slow) metrics section")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results.json"))
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections (results.json is then "
+                        "left alone unless --output is given)")
+    parser.add_argument("--output", help="where to write the figures (default: benchmarks/results.json for a run of "
+                        "every section)")
     args = parser.parse_args()
     q = args.quick
+    sections = set(args.only or SECTIONS) - ({"metrics"} if args.skip_metrics else set())
+    output = args.output or (None if args.only else str(ROOT / "benchmarks" / "results.json"))
     results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                                  "cpu_count": os.cpu_count(), "torch": torch.__version__,
                                  "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
                      "quick": q}
     lines = []
-    if not args.skip_metrics:
+    if "metrics" in sections:
         from benchmarks.bench_metrics import _report
         from benchmarks.bench_metrics import run as run_metrics
 
         results["metrics"] = run_metrics(q)
         lines.append(_report(results["metrics"]))
-    m = results["missing_table"] = bench_missing_table("vit_base_patch16_224", (256, 128), 4 if q else 8,
-                                                       1 if q else 2, 1 if q else 2)
-    lines.append(f"missing table ({m['backbone']}, {m['images']} images): full {m['full_s']:.2f} s, all seven "
-                 f"{m['all_s']:.2f} s = {m['all_over_full']:.2f}x (target <= 1.5x: "
-                 f"{'met' if m['all_over_full'] <= 1.5 else 'NOT met'}); single '-RGB' {m['single_r_s']:.2f} s = "
-                 f"{m['single_over_full']:.2f}x (target < 1: {'met' if m['single_over_full'] < 1 else 'NOT met'})")
-    t = results["train_step"] = bench_train_step("vit_base_patch16_224", (256, 128), 4 if q else 8, 1 if q else 3)
-    lines.append(f"train step ({t['backbone']}, batch {t['batch']}, CPU fp32): eager {t['eager']['step_s']:.2f} s "
-                 f"({t['eager']['samples_per_s']:.1f} samples/s, peak RSS {t['eager']['peak_rss_mb']:.0f} MB); "
-                 f"checkpointing {t['checkpointing']['step_s']:.2f} s (peak RSS "
-                 f"{t['checkpointing']['peak_rss_mb']:.0f} MB, saves {t['checkpointing_memory_saving_mb']:.0f} MB)")
-    p = results["input_pipeline"] = bench_input_pipeline(16 if q else 96, 1 if q else 5)
-    for name, r in p.items():
-        lines.append(f"input pipeline {name} ({r['mean_file_kb']:.0f} KB files): {r['ours_samples_per_s']:.1f} "
-                     f"samples/s per worker vs plain "
-                     f"{r['plain_samples_per_s']:.1f} = {r['speedup']:.2f}x (target >= 1.5x: "
-                     f"{'met' if r['speedup'] >= 1.5 else 'NOT met'})")
-    if torch.cuda.is_available():
+    if "missing" in sections:
+        m = results["missing_table"] = bench_missing_table("vit_base_patch16_224", (256, 128), 4 if q else 8,
+                                                           1 if q else 2, 1 if q else 2)
+        lines.append(f"missing table ({m['backbone']}, {m['images']} images): full {m['full_s']:.2f} s, all seven "
+                     f"{m['all_s']:.2f} s = {m['all_over_full']:.2f}x (target <= 1.5x: "
+                     f"{'met' if m['all_over_full'] <= 1.5 else 'NOT met'}); single '-RGB' {m['single_r_s']:.2f} s = "
+                     f"{m['single_over_full']:.2f}x (target < 1: {'met' if m['single_over_full'] < 1 else 'NOT met'})")
+    if "train" in sections:
+        t = results["train_step"] = bench_train_step("vit_base_patch16_224", (256, 128), 4 if q else 8, 1 if q else 3)
+        lines.append(f"train step ({t['backbone']}, batch {t['batch']}, CPU fp32): eager {t['eager']['step_s']:.2f} s "
+                     f"({t['eager']['samples_per_s']:.1f} samples/s, peak RSS {t['eager']['peak_rss_mb']:.0f} MB); "
+                     f"checkpointing {t['checkpointing']['step_s']:.2f} s (peak RSS "
+                     f"{t['checkpointing']['peak_rss_mb']:.0f} MB, saves {t['checkpointing_memory_saving_mb']:.0f} MB)")
+    if "input" in sections:
+        p = results["input_pipeline"] = bench_input_pipeline(16 if q else 96, 1 if q else 5)
+        for name, r in p.items():
+            lines.append(f"input pipeline {name} ({r['mean_file_kb']:.0f} KB files): {r['ours_samples_per_s']:.1f} "
+                         f"samples/s per worker vs plain "
+                         f"{r['plain_samples_per_s']:.1f} = {r['speedup']:.2f}x (target >= 1.5x: "
+                         f"{'met' if r['speedup'] >= 1.5 else 'NOT met'})")
+    if "cuda" in sections and torch.cuda.is_available():
         c = results["cuda"] = bench_cuda(128, 5 if q else 20)
         for name in ("vit_base_patch16_224", "deit_small_patch16_224", "t2t_vit_t_24"):
             mfu = f"MFU {c[name]['mfu']:.1%}" if c[name]["mfu"] is not None else "MFU: peak of this GPU not known"
             lines.append(f"CUDA {c['device']} {name}: {c[name]['samples_per_s']:.1f} train samples/s at batch 128 "
                          f"(bf16), {mfu}; original ViT-B: 47, target 141")
-    else:
+    elif "cuda" in sections:
         lines.append("CUDA: no GPU on this machine; section not measured")
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    Path(args.output).write_text(json.dumps(results, indent=2, default=float))
     print("\n".join(lines))
-    print(f"written {args.output}")
+    if output:
+        Path(output).write_text(json.dumps(results, indent=2, default=float))
+        print(f"written {output}")
 
 
 if __name__ == "__main__":

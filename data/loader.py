@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import io
 import random
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchcodec.decoders import decode_jpeg
 
 from data.datasets.base import DatasetError, Record
 from utils.spectra import SPECTRA
@@ -26,25 +27,48 @@ Sample = dict[str, Any]
 
 
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers of every JPEG process
+_EXIF_ORIENTATION_TAG = 0x0112
 
 
-def jpeg_components(data: np.ndarray) -> int | None:
-    """The number of colour components of a JPEG file's frame (1 grey, 3 YCbCr/RGB, 4 CMYK/YCCK), read from its
-    start-of-frame header; None when ``data`` is not a JPEG file or its header is cut short."""
-    data = memoryview(data)  # plain ints when indexed
-    if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
+def jpeg_orientation(data: bytes | bytearray) -> int | None:
+    """The EXIF orientation of a JPEG file (1, upright, when it has none), read from the marker segments before its
+    frame; None when ``data`` is not a JPEG file or its header is cut short."""
+    view = memoryview(data)
+    if len(view) < 4 or view[0] != 0xFF or view[1] != 0xD8:
         return None
-    pos = 2
-    while pos + 9 < len(data):
-        if data[pos] != 0xFF:
+    orientation, pos = 1, 2
+    while pos + 9 < len(view):
+        if view[pos] != 0xFF:
             return None
-        marker = data[pos + 1]
+        marker = view[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
         if marker in _SOF_MARKERS:
-            return data[pos + 9]
-        pos += 2 + (data[pos + 2] << 8 | data[pos + 3])
+            return orientation
+        length = view[pos + 2] << 8 | view[pos + 3]
+        if marker == 0xE1:  # APP1, where EXIF lives
+            orientation = _exif_orientation(bytes(view[pos + 4:pos + 2 + length])) or orientation
+        pos += 2 + length
+    return None
+
+
+def _exif_orientation(segment: bytes) -> int | None:
+    """The orientation tag of the first image directory of an APP1 segment, or None (not EXIF, or no such tag)."""
+    if not segment.startswith(b"Exif\0\0"):
+        return None
+    tiff = segment[6:]
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return None
+    (directory,) = struct.unpack_from(order + "I", tiff, 4)
+    if directory + 2 > len(tiff):
+        return None
+    (entries,) = struct.unpack_from(order + "H", tiff, directory)
+    for entry in range(directory + 2, min(directory + 2 + 12 * entries, len(tiff) - 11), 12):
+        tag, _, _, value = struct.unpack_from(order + "HHIH", tiff, entry)
+        if tag == _EXIF_ORIENTATION_TAG:
+            return value
     return None
 
 
@@ -52,24 +76,26 @@ def read_image(path: str) -> np.ndarray:
     """Decode an image file to a uint8 [H, W, 3] RGB array; a missing, unreadable or truncated file raises
     DatasetError naming it.
 
-    Grey and colour JPEG files (all of the three data sets') go to OpenCV's libjpeg-turbo decoder, which gives PIL's
-    pixels without PIL's Python-side header parsing; anything else (other formats, CMYK JPEG, which OpenCV converts
-    differently) and any file OpenCV cannot decode go to PIL, which reads more formats and names what is wrong with
-    a damaged file.
+    JPEG files (all of the three data sets') go to TorchCodec's libjpeg-turbo decoder, which gives PIL's pixels,
+    faster and without PIL's Python-side header parsing. Anything else goes to PIL, which reads more formats and
+    names what is wrong with a damaged file: other formats, JPEG with an EXIF rotation (TorchCodec applies it, PIL
+    and the original pipeline do not), and any file TorchCodec cannot decode.
     """
     try:
         with open(path, "rb") as file:
-            data = np.frombuffer(file.read(), dtype=np.uint8)
+            data = bytearray(file.read())
     except FileNotFoundError:
         raise DatasetError(f"image file not found: {path}") from None
     except OSError as err:
         raise DatasetError(f"cannot read image {path}: {err}") from None
-    if jpeg_components(data) in (1, 3):
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)  # None if truncated
-        if image is not None:
-            return image
+    if jpeg_orientation(data) == 1:
+        try:
+            decoded = decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode="RGB")
+            return decoded.permute(1, 2, 0).numpy()  # the decoder writes [H, W, 3] memory
+        except RuntimeError:
+            pass  # truncated or corrupt: PIL reports it below
     try:
-        with Image.open(io.BytesIO(data.tobytes())) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img.load()  # decodes now: truncated data raises here (PIL's LOAD_TRUNCATED_IMAGES is off by default)
             return np.array(img if img.mode == "RGB" else img.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:

@@ -14,7 +14,7 @@ from PIL import Image
 from timm.data.random_erasing import RandomErasing
 
 from data.datasets import DatasetError
-from data.loader import jpeg_components, read_image
+from data.loader import jpeg_orientation, read_image
 from data.transforms import EvalTransform, TrainTransform, random_crop_origin
 
 
@@ -126,9 +126,10 @@ def test_jpeg_decoding_gives_pils_pixels(tmp_path, mode, options):
     assert np.array_equal(decoded, _pil_pixels(path))
 
 
-def test_exif_orientation_is_ignored_like_pil(tmp_path):
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_exif_orientation_is_ignored_like_pil(tmp_path, orientation):
     exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 degrees": PIL's decoder does not apply it, and neither does ours
+    exif[0x0112] = orientation  # rotate 180 / 90 degrees: PIL's decoder does not apply it, and neither does ours
     path = _save(tmp_path / "rotated.jpg", _photo(np.random.default_rng(5), 40, 20), exif=exif.tobytes())
     assert read_image(path).shape == (40, 20, 3)
     assert np.array_equal(read_image(path), _pil_pixels(path))
@@ -143,17 +144,26 @@ def test_other_formats_are_decoded_by_pil(tmp_path, suffix):
     assert np.array_equal(read_image(grey), _pil_pixels(grey))
 
 
-def test_jpeg_components_reads_the_frame_header(tmp_path):
+def test_jpeg_orientation_reads_the_exif_tag():
     pixels = _photo(np.random.default_rng(7), 16, 16)
-    for mode, count in (("L", 1), ("RGB", 3), ("CMYK", 4)):
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).convert(mode).save(buffer, format="JPEG")
-        data = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
-        assert jpeg_components(data) == count
-        assert jpeg_components(data[:20]) is None  # header cut before the frame
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    assert jpeg_orientation(buffer.getvalue()) == 1  # no EXIF
+    assert jpeg_orientation(buffer.getvalue()[:20]) is None  # header cut before the frame
+    for orientation in (1, 3, 6, 8):
+        for order in ("<", ">"):
+            exif = Image.Exif()
+            exif.endian = order
+            exif[0x0110] = "camera"  # another tag first
+            exif[0x0112] = orientation
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="JPEG", exif=exif.tobytes())
+            assert buffer.getvalue()[:40].find(b"MM" if order == ">" else b"II") > 0
+            assert jpeg_orientation(buffer.getvalue()) == orientation
     png = io.BytesIO()
     Image.fromarray(pixels).save(png, format="PNG")
-    assert jpeg_components(np.frombuffer(png.getvalue(), dtype=np.uint8)) is None
+    assert jpeg_orientation(png.getvalue()) is None
+    assert jpeg_orientation(b"") is None
 
 
 @pytest.mark.parametrize("cut", [0.3, 0.9])
