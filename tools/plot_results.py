@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> list[str]:
         plot_bars(runs, written[-1])
     if scalars is not None:
         written.append(os.path.join(out, "training_curves.png"))
-        plot_curves(scalars, f"training of {os.path.abspath(args.tb)}", written[-1])
+        plot_curves(scalars, f"training of {os.path.normpath(args.tb)}", written[-1])
     return written
 
 
