@@ -182,7 +182,7 @@ def bench_input_pipeline(n: int, repeats: int) -> dict:
         for content in ("photo", "noise"):
             for layout in ("RGBNT201", "RGBNT100"):
                 records = _write_tree(Path(tmp) / content / layout, layout, n, content)
-                dataset = MultiSpectralDataset(records, ("RGB", "NI", "TI"), train_tf)
+                dataset = MultiSpectralDataset(records, SPECTRA, train_tf)
 
                 def ours(dataset: MultiSpectralDataset = dataset) -> None:
                     for i in range(len(dataset)):
@@ -190,7 +190,7 @@ def bench_input_pipeline(n: int, repeats: int) -> dict:
 
                 def plain(records: list = records) -> None:
                     for r in records:
-                        for k, s in enumerate(("RGB", "NI", "TI")):
+                        for k, s in enumerate(SPECTRA):
                             img = Image.open(r.paths[s]).convert("RGB")
                             if r.stitched:
                                 w = img.width // 3
@@ -255,14 +255,14 @@ def bench_cuda(batch: int, steps: int) -> dict:
     from solver import make_optimizer
     from tools.count_params import count_flops
 
-    out = {"device": torch.cuda.get_device_name(0), "peak_bf16_flops": peak_bf16_flops(torch.cuda.get_device_name(0))}
+    device = torch.cuda.get_device_name(0)
+    out = {"device": device, "peak_bf16_flops": peak_bf16_flops(device)}
     for backbone in ("vit_base_patch16_224", "deit_small_patch16_224", "t2t_vit_t_24"):
         cfg = _cfg(backbone, (256, 128))
         model = make_model(cfg, 171, 4).cuda().train()
         # A train step costs about three forwards (the backward pass twice the forward's multiply-adds).
         sample = {s: v.cuda() for s, v in _images(2, (256, 128)).items()}
         step_flops = 3 * count_flops(model, sample, torch.zeros(2, dtype=torch.long).cuda(), True)["Global"] / 2
-        model.train()
         loss_fn, opt = make_loss(cfg, 171), make_optimizer(cfg, model)
         images = {s: v.cuda() for s, v in _images(batch, (256, 128)).items()}
         pids, cams = (torch.arange(batch) // 16).cuda(), (torch.arange(batch) % 4).cuda()

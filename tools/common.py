@@ -296,9 +296,9 @@ def tile_size(cfg: CfgNode, height: int) -> tuple[int, int]:
 def record_images(record: Record, spectra: Sequence[str], size: tuple[int, int]) -> dict[str, np.ndarray]:
     """The images of ``spectra`` of a record as uint8 [H, W, 3] arrays resized to ``size`` (height, width)."""
     from data.loader import decode_record
+    from data.transforms import resize
 
-    images = decode_record(record, spectra)
-    return {s: np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR)) for s, img in images.items()}
+    return {s: resize(img, size, Image.BILINEAR) for s, img in decode_record(record, spectra).items()}
 
 
 def dimmed(image: np.ndarray) -> np.ndarray:
