@@ -162,13 +162,14 @@ def _write_tree(root: Path, layout: str, n: int, content: str) -> list:
 
 
 def bench_input_pipeline(n: int, repeats: int) -> dict:
-    """Samples/s of one worker (main process, one thread, no DataLoader): this project's dataset against plain
+    """Samples/s of one worker (main process, one thread, no DataLoader): this project's dataset, decoding per
+    sample and with ``DATALOADER.CACHE_IMAGES`` (built before timing; its build time is reported), against plain
     PIL + torchvision per spectrum (open each spectrum's file, crop stitched files after a full decode per
     spectrum), for both layouts and both picture contents (see :func:`_pixels`)."""
     from PIL import Image
     from torchvision import transforms as T
 
-    from data.loader import MultiSpectralDataset, decode_record
+    from data.loader import ImageCache, MultiSpectralDataset, decode_record
     from data.transforms import build_transforms
     from utils.spectra import SPECTRA
 
@@ -183,8 +184,17 @@ def bench_input_pipeline(n: int, repeats: int) -> dict:
             for layout in ("RGBNT201", "RGBNT100"):
                 records = _write_tree(Path(tmp) / content / layout, layout, n, content)
                 dataset = MultiSpectralDataset(records, SPECTRA, train_tf)
+                torch.set_num_threads(1)
+                start = time.perf_counter()
+                cache = ImageCache(records, SPECTRA, train_tf, threads=1)
+                cache_build_s = time.perf_counter() - start
+                cached = MultiSpectralDataset(records, SPECTRA, train_tf, cache=cache)
 
                 def ours(dataset: MultiSpectralDataset = dataset) -> None:
+                    for i in range(len(dataset)):
+                        dataset[(i, i)]
+
+                def ours_cached(dataset: MultiSpectralDataset = cached) -> None:
                     for i in range(len(dataset)):
                         dataset[(i, i)]
 
@@ -220,8 +230,8 @@ def bench_input_pipeline(n: int, repeats: int) -> dict:
 
                 files = sorted({p for r in records for p in r.paths.values()})
                 torch.set_num_threads(1)  # one worker = one thread
-                best = dict.fromkeys([ours, plain, ours_decode, plain_decode, ours_transform, plain_transform],
-                                     float("inf"))
+                best = dict.fromkeys([ours, ours_cached, plain, ours_decode, plain_decode, ours_transform,
+                                      plain_transform], float("inf"))
                 for _ in range(repeats):  # interleaved, so that both see the same machine load
                     for fn in best:
                         start = time.perf_counter()
@@ -229,11 +239,14 @@ def bench_input_pipeline(n: int, repeats: int) -> dict:
                         best[fn] = min(best[fn], time.perf_counter() - start)
                 torch.set_num_threads(os.cpu_count() or 1)
                 ours_rate, plain_rate = len(records) / best[ours], len(records) / best[plain]
+                cached_rate = len(records) / best[ours_cached]
                 results[f"{layout} {content}"] = {
                     "layout": layout, "content": content, "samples": len(records),
                     "mean_file_kb": sum(os.path.getsize(f) for f in files) / len(files) / 1024,
                     "ours_samples_per_s": ours_rate, "plain_samples_per_s": plain_rate,
-                    "speedup": ours_rate / plain_rate,
+                    "speedup": ours_rate / plain_rate, "cached_samples_per_s": cached_rate,
+                    "cached_speedup": cached_rate / plain_rate,
+                    "cache_build_ms_per_sample": cache_build_s / len(records) * 1e3,
                     "us_per_image": {fn.__name__: best[fn] / len(arrays) * 1e6
                                      for fn in (ours_decode, plain_decode, ours_transform, plain_transform)}}
     return results
@@ -328,7 +341,10 @@ def main() -> None:
             lines.append(f"input pipeline {name} ({r['mean_file_kb']:.0f} KB files): {r['ours_samples_per_s']:.1f} "
                          f"samples/s per worker vs plain "
                          f"{r['plain_samples_per_s']:.1f} = {r['speedup']:.2f}x (target >= 1.5x: "
-                         f"{'met' if r['speedup'] >= 1.5 else 'NOT met'})")
+                         f"{'met' if r['speedup'] >= 1.5 else 'NOT met'}); with CACHE_IMAGES "
+                         f"{r['cached_samples_per_s']:.1f} = {r['cached_speedup']:.2f}x "
+                         f"({'met' if r['cached_speedup'] >= 1.5 else 'NOT met'}; cache built in "
+                         f"{r['cache_build_ms_per_sample']:.2f} ms per sample)")
             lines.append("  us per image: " + ", ".join(f"{k} {v:.0f}" for k, v in r["us_per_image"].items()))
     if "cuda" in sections and torch.cuda.is_available():
         c = results["cuda"] = bench_cuda(128, 5 if q else 20)

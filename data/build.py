@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 from yacs.config import CfgNode
 
+from configs.config import ConfigError
 from data.datasets import Record, ReIDDataset, build_dataset
-from data.loader import MultiSpectralDataset, collate
+from data.loader import ImageCache, MultiSpectralDataset, collate
 from data.samplers import RandomIdentitySampler, RandomShuffleSampler, TrainBatchSampler
 from data.transforms import build_transforms
 
@@ -53,6 +57,36 @@ def _generator(seed: int) -> torch.Generator:
     return generator
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable`` of /proc/meminfo), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def build_image_cache(cfg: CfgNode, records: list[Record], transform: Any, processes: int = 1) -> ImageCache:
+    """The training images of ``DATALOADER.CACHE_IMAGES``, after checking that ``processes`` copies of them (one
+    per training process on this machine) fit in the available memory."""
+    spectra, size = list(cfg.MODEL.SPECTRA), tuple(cfg.INPUT.SIZE_TRAIN)
+    need, available = ImageCache.nbytes(len(records), spectra, size), available_memory()
+    if available is not None and need * processes > 0.8 * available:
+        copies = f" x {processes} processes" if processes > 1 else ""
+        raise ConfigError(f"config key DATALOADER.CACHE_IMAGES = True needs {need / 2**30:.1f} GiB{copies} for "
+                          f"{len(records)} training samples ({len(spectra)} spectra at {size[0]}x{size[1]}), more "
+                          f"than 80% of the {available / 2**30:.1f} GiB of memory available; set it to False")
+    start = time.perf_counter()
+    cache = ImageCache(records, spectra, transform, threads=max(1, cfg.DATALOADER.NUM_WORKERS),
+                       progress=len(records) >= 1000)
+    logger.info("cached %d training samples (%.2f GiB) in %.1f s", len(records), need / 2**30,
+                time.perf_counter() - start)
+    return cache
+
+
 def make_dataloader(cfg: CfgNode, distributed: bool = False) -> DataBundle:
     """Read the data set named by ``DATASETS.NAMES`` and build the train and test loaders.
 
@@ -73,15 +107,21 @@ def make_dataloader(cfg: CfgNode, distributed: bool = False) -> DataBundle:
     # augmentation randomness comes from the per-sample seeds.
 
     sampler = build_train_sampler(cfg, dataset.train, rank, world_size)
-    train_set = MultiSpectralDataset(dataset.train, spectra, build_transforms(cfg, is_train=True),
-                                     share_aug=cfg.INPUT.SHARE_AUG)
+    train_transform = build_transforms(cfg, is_train=True)
+    cache = None
+    if cfg.DATALOADER.CACHE_IMAGES:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if distributed else 1
+        cache = build_image_cache(cfg, dataset.train, train_transform, processes)
+    train_set = MultiSpectralDataset(dataset.train, spectra, train_transform, share_aug=cfg.INPUT.SHARE_AUG,
+                                     cache=cache)
     train_loader = DataLoader(train_set, batch_sampler=sampler, generator=_generator(cfg.SOLVER.SEED), **options)
 
     test_set = MultiSpectralDataset(dataset.query + dataset.gallery, spectra, build_transforms(cfg, is_train=False))
     test_loader = DataLoader(test_set, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False,
                              generator=_generator(cfg.SOLVER.SEED), **options)
-    logger.info("train: %d batches of %d (%s sampler, seed %d), test: %d query + %d gallery, spectra %s, %d workers",
-                len(sampler), cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.SAMPLER, cfg.SOLVER.SEED, len(dataset.query),
-                len(dataset.gallery), ", ".join(spectra), workers)
+    logger.info("train: %d batches of %d (%s sampler, seed %d%s), test: %d query + %d gallery, spectra %s, %d workers",
+                len(sampler), cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.SAMPLER, cfg.SOLVER.SEED,
+                ", images cached" if cache is not None else "", len(dataset.query), len(dataset.gallery),
+                ", ".join(spectra), workers)
     return DataBundle(train_loader, test_loader, len(dataset.query), dataset.num_train_pids, dataset.num_train_cams,
                       dataset, sampler)

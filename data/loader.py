@@ -1,5 +1,8 @@
 """The torch Dataset over records: decodes each file once, transforms each spectrum, and collates named batches.
 
+With an :class:`ImageCache` the files are decoded and resized once per run instead of once per sample, and each
+sample only runs the random part of the transforms; the tensors are the same.
+
 Augmentation randomness comes from the sample seed the sampler sends with each index, inside a forked torch
 generator and a saved/restored Python ``random`` state. The batches are therefore the same for any number of
 workers, and with ``NUM_WORKERS 0`` the main process's generators are left untouched.
@@ -11,6 +14,7 @@ import io
 import random
 import struct
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,6 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchcodec.decoders import decode_jpeg
+from tqdm import tqdm
 
 from data.datasets.base import DatasetError, Record
 from utils.spectra import SPECTRA
@@ -118,6 +123,42 @@ def decode_record(record: Record, spectra: Sequence[str]) -> dict[str, np.ndarra
     return {s: image[:, SPECTRA.index(s) * part:(SPECTRA.index(s) + 1) * part] for s in spectra}
 
 
+class ImageCache:
+    """The prepared images (``transform.prepare``: decoded and resized to ``transform.size``) of every record, in one
+    uint8 array ``images`` [records, spectra, H, W, 3].
+
+    Built once, by ``threads`` threads (decoding and resizing release the GIL). Data loader workers started by fork
+    share the array without copying it: it is one buffer that nothing writes to.
+    """
+
+    def __init__(self, records: Sequence[Record], spectra: Sequence[str], transform: Any, threads: int = 1,
+                 progress: bool = False) -> None:
+        self.spectra = tuple(spectra)
+        self.size = tuple(transform.size)
+        self.images = np.empty((len(records), len(spectra), *self.size, 3), np.uint8)
+
+        def fill(index: int) -> None:
+            for k, image in enumerate(decode_record(records[index], spectra).values()):
+                self.images[index, k] = transform.prepare(image)
+
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for _ in tqdm(pool.map(fill, range(len(records))), total=len(records), desc="caching images",
+                          disable=not progress, dynamic_ncols=True):
+                pass
+        self.images.flags.writeable = False  # the transforms copy before changing pixels; this keeps it so
+
+    @staticmethod
+    def nbytes(num_records: int, spectra: Sequence[str], size: Sequence[int]) -> int:
+        """The size of the cache of ``num_records`` records at ``size`` (height, width)."""
+        return num_records * len(spectra) * size[0] * size[1] * 3
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return dict(zip(self.spectra, self.images[index]))
+
+
 def spectrum_seed(sample_seed: int, spectrum: str) -> int:
     """An independent seed per spectrum, derived from the sample seed (fixed per spectrum name, so it does not
     change with the set of spectra loaded)."""
@@ -149,17 +190,24 @@ class MultiSpectralDataset(Dataset):
     :class:`data.samplers.TrainBatchSampler`. With ``share_aug`` every spectrum of a sample is transformed with the
     sample seed (the same flip, crop and erasing when the images have the same size); otherwise each spectrum gets
     its own seed derived from it, as the original pipeline draws independent parameters per spectrum.
+
+    With ``cache`` (an :class:`ImageCache` of the same records and spectra, built with ``transform``) the images come
+    from the cache and only ``transform.finish`` runs.
     """
 
     def __init__(self, records: Sequence[Record], spectra: Sequence[str], transform: Callable[[np.ndarray], Any],
-                 share_aug: bool = False) -> None:
+                 share_aug: bool = False, cache: ImageCache | None = None) -> None:
         unknown = [s for s in spectra if s not in SPECTRA]
         if unknown or not spectra:
             raise ValueError(f"spectra must be a non-empty subset of {SPECTRA}, got {list(spectra)}")
+        if cache is not None and (len(cache) != len(records) or cache.spectra != tuple(spectra)):
+            raise ValueError(f"the image cache holds {len(cache)} records of {list(cache.spectra)}, the data set "
+                             f"{len(records)} records of {list(spectra)}")
         self.records = list(records)
         self.spectra = tuple(spectra)
         self.transform = transform
         self.share_aug = share_aug
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.records)
@@ -167,15 +215,18 @@ class MultiSpectralDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> Sample:
         index, seed = item if isinstance(item, tuple) else (item, None)
         record = self.records[index]
-        images = decode_record(record, self.spectra)
+        if self.cache is None:
+            images, transform = decode_record(record, self.spectra), self.transform
+        else:
+            images, transform = self.cache[index], self.transform.finish
         if seed is None:
-            tensors = {s: self.transform(img) for s, img in images.items()}
+            tensors = {s: transform(img) for s, img in images.items()}
         else:
             tensors = {}
             with isolated_rng():
                 for s, img in images.items():
                     seed_rng(seed if self.share_aug else spectrum_seed(seed, s))
-                    tensors[s] = self.transform(img)
+                    tensors[s] = transform(img)
         return {"images": tensors, "pid": record.pid, "camid": record.camid, "sceneid": record.sceneid,
                 "name": record.name}
 

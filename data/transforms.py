@@ -9,6 +9,9 @@ numbers from torch's and Python's generators in the same order (``tests/test_dat
 arranged for speed: flip, pad and crop move uint8 pixels with OpenCV, the conversion to float runs once on the
 cropped image, and resizing (PIL's, as torchvision applies it to PIL images) is skipped at the target size.
 :class:`data.loader.MultiSpectralDataset` seeds the generators per sample.
+
+Each pipeline is ``finish(prepare(image))``: ``prepare`` is the deterministic resize to ``size``, ``finish`` the
+rest. An image cache (:class:`data.loader.ImageCache`) keeps the prepared images and only runs ``finish``.
 """
 
 from __future__ import annotations
@@ -73,7 +76,14 @@ class TrainTransform:
                                    mode="pixel", max_count=1, device="cpu")
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        image = resize(image, self.size, Image.BICUBIC)
+        return self.finish(self.prepare(image))
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The deterministic part: bicubic resize to ``size``."""
+        return resize(image, self.size, Image.BICUBIC)
+
+    def finish(self, image: np.ndarray) -> torch.Tensor:
+        """The random part, on an image at ``size``: flip, pad, crop, tensor, normalize, erase."""
         if torch.rand(1) < self.flip_prob:  # T.RandomHorizontalFlip's draw
             image = cv2.flip(image, 1)
         if self.padding:  # the padding is symmetric, so padding after the flip equals T.Pad after it
@@ -91,7 +101,15 @@ class EvalTransform:
         self.to_tensor = ToNormalizedTensor(mean, std)
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        return self.to_tensor(resize(image, self.size, Image.BILINEAR))
+        return self.finish(self.prepare(image))
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """Bilinear resize to ``size``."""
+        return resize(image, self.size, Image.BILINEAR)
+
+    def finish(self, image: np.ndarray) -> torch.Tensor:
+        """Tensor and normalize, on an image at ``size``."""
+        return self.to_tensor(image)
 
 
 def build_transforms(cfg: CfgNode, is_train: bool) -> TrainTransform | EvalTransform:

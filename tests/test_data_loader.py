@@ -1,5 +1,5 @@
 """Dataset and loaders: batch format, determinism across worker counts, shared augmentation, stitched crops,
-unreadable images."""
+unreadable images, the image cache."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import pytest
 import torch
 import torchvision.transforms as T
 
+import data.build
+from configs.config import ConfigError
 from configs.defaults import get_cfg_defaults
 from data.build import make_dataloader
 from data.datasets import DatasetError, Record, build_dataset
-from data.loader import MultiSpectralDataset, collate
+from data.loader import ImageCache, MultiSpectralDataset, collate
 from data.transforms import build_transforms
 from tests.test_data_readers import rgbnt201_names, save_image, write_rgbnt100, write_rgbnt201
 
@@ -184,6 +186,67 @@ def test_corrupt_image_error_reaches_the_main_process_from_a_worker(tree):
         # A worker exception leaves PyTorch's loader iterator in a reference cycle; shut its workers down now, as
         # shutting them down at garbage collection waits 5 s per worker.
         batches._shutdown_workers()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_image_cache_gives_the_same_batches(tree, workers):
+    """The tree's images are 32x64, so the cache holds resized images; flips, pads, crops and erasing are drawn."""
+    options = {"DATALOADER.NUM_WORKERS": workers, "INPUT.PROB": 0.5, "INPUT.RE_PROB": 0.5}
+    plain = make_dataloader(_cfg(tree, **options))
+    cached = make_dataloader(_cfg(tree, **options, **{"DATALOADER.CACHE_IMAGES": True}))
+    cache = cached.train_loader.dataset.cache
+    assert plain.train_loader.dataset.cache is None and cache.images.shape == (20, 3, 32, 16, 3)
+    assert not cache.images.flags.writeable
+    before = cache.images.copy()
+    _assert_same_batches(_epochs(plain, [1, 2]), _epochs(cached, [1, 2]))
+    assert np.array_equal(cache.images, before)
+    assert cached.test_loader.dataset.cache is None  # evaluation decodes as before
+
+
+def test_image_cache_of_stitched_files_equals_decoding_per_sample(tmp_path):
+    rng = np.random.default_rng(3)
+    write_rgbnt100(str(tmp_path), {"query": ["0002_c1_1.jpg"], "bounding_box_test": ["0002_c2_1.jpg"]})
+    for name in ("0001_c1_1.jpg", "0001_c2_1.jpg", "0003_c1_2.jpg"):
+        save_image(str(tmp_path / "RGBNT100" / "rgbir" / "bounding_box_train" / name),
+                   rng.integers(0, 256, (128, 768, 3), dtype=np.uint8))
+    records = build_dataset("RGBNT100", str(tmp_path)).train
+    transform = build_transforms(_cfg(str(tmp_path), **{"INPUT.SIZE_TRAIN": [64, 32]}), is_train=True)
+    for spectra in (SPECTRA, ("TI", "NI")):
+        cache = ImageCache(records, spectra, transform, threads=2)
+        plain = MultiSpectralDataset(records, spectra, transform)
+        cached = MultiSpectralDataset(records, spectra, transform, cache=cache)
+        for item in [(0, 7), (1, 8), (2, 9), (0, 10)]:
+            a, b = plain[item]["images"], cached[item]["images"]
+            assert list(a) == list(b) == list(spectra)
+            assert all(torch.equal(a[s], b[s]) for s in spectra)
+
+
+def test_image_cache_must_match_the_records(tree):
+    records = build_dataset("RGBNT201", tree).train
+    transform = build_transforms(_cfg(tree), is_train=True)
+    cache = ImageCache(records[:3], ["RGB", "NI"], transform)
+    with pytest.raises(ValueError, match="holds 3 records of \\['RGB', 'NI'\\]"):
+        MultiSpectralDataset(records, ["RGB", "NI"], transform, cache=cache)
+    with pytest.raises(ValueError, match="holds 3 records"):
+        MultiSpectralDataset(records[:3], ["RGB"], transform, cache=cache)
+
+
+def test_image_cache_larger_than_the_memory_is_a_config_error(tree, monkeypatch):
+    monkeypatch.setattr(data.build, "available_memory", lambda: 100_000)
+    with pytest.raises(ConfigError, match=r"DATALOADER.CACHE_IMAGES = True needs 0.0 GiB for 20 training samples "
+                                          r"\(3 spectra at 32x16\), more than 80% of the 0.0 GiB"):
+        make_dataloader(_cfg(tree, **{"DATALOADER.CACHE_IMAGES": True}))
+    # 20 x 3 x 32 x 16 x 3 = 92160 bytes are more than 80% of 100000; two spectra, 61440 bytes, are not
+    bundle = make_dataloader(_cfg(tree, **{"DATALOADER.CACHE_IMAGES": True, "MODEL.SPECTRA": ["RGB", "TI"]}))
+    assert bundle.train_loader.dataset.cache.images.shape == (20, 2, 32, 16, 3)
+
+
+def test_unreadable_image_is_reported_when_the_cache_is_built(tree):
+    path = build_dataset("RGBNT201", tree).train[5].paths["TI"]
+    with open(path, "wb") as f:
+        f.write(b"not an image")
+    with pytest.raises(DatasetError, match=re.escape(path)):
+        make_dataloader(_cfg(tree, **{"DATALOADER.CACHE_IMAGES": True, "DATALOADER.NUM_WORKERS": 2}))
 
 
 def test_collate_keeps_order():
