@@ -6,9 +6,10 @@
 
 Sections: (1) metrics, see benchmarks/bench_metrics.py; (2) the missing-spectral table: `TEST.MISS all` in one pass
 against the full-spectrum evaluation alone, and a single missing setting; (3) the train step (eager, activation
-checkpointing: time and peak memory in a fresh process); (4) the input pipeline: images/s of one worker against a
-plain per-spectrum PIL + torchvision pipeline, on RGBNT201 (three files) and RGBNT100 (one stitched file) layouts,
-with camera-like pictures and with uniform noise (the decoder's worst case);
+checkpointing: time and peak memory in a fresh process); (4) the input pipeline: images/s of one worker, decoding
+per sample and with DATALOADER.CACHE_IMAGES, against a plain per-spectrum PIL + torchvision pipeline, on RGBNT201
+(three files) and RGBNT100 (one stitched file) layouts, with camera-like pictures and with uniform noise (the
+decoder's worst case);
 (5) CUDA train samples/s at batch 128 with mixed precision, when a GPU is present.
 """
 
