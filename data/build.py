@@ -80,7 +80,7 @@ def build_image_cache(cfg: CfgNode, records: list[Record], transform: Any, proce
                           f"{len(records)} training samples ({len(spectra)} spectra at {size[0]}x{size[1]}), more "
                           f"than 80% of the {available / 2**30:.1f} GiB of memory available; set it to False")
     start = time.perf_counter()
-    cache = ImageCache(records, spectra, transform, threads=max(1, cfg.DATALOADER.NUM_WORKERS),
+    cache = ImageCache(records, spectra, transform, threads=cfg.DATALOADER.NUM_WORKERS,
                        progress=len(records) >= 1000)
     logger.info("cached %d training samples (%.2f GiB) in %.1f s", len(records), need / 2**30,
                 time.perf_counter() - start)
