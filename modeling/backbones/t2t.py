@@ -17,6 +17,7 @@ from timm.layers import Mlp, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from modeling.backbones.registry import register_backbone
 from modeling.backbones.vit import run_blocks
 
 T2T_CONFIGS: dict[str, dict[str, int]] = {
@@ -177,3 +178,12 @@ class T2TViTBackbone(nn.Module):
             x = x + self.sie_coe * self.sie_embed[cam_label]
         x = run_blocks(self.blocks, self.pos_drop(x), self.grad_checkpoint and self.training)
         return self.norm(x)
+
+
+@register_backbone(*T2T_CONFIGS, hint=", ".join(T2T_CONFIGS))
+def build_t2t(name: str, img_size: Sequence[int], stride: Sequence[int] = (16, 16), **options) -> T2TViTBackbone:
+    """T2T has no patch convolution, so MODEL.STRIDE_SIZE must be the stem's fixed 16."""
+    if tuple(stride) != (16, 16):
+        raise ValueError(f"MODEL.STRIDE_SIZE {list(stride)} does not apply to {name} (its stem has a fixed "
+                         "stride of 16); use [16, 16]")
+    return T2TViTBackbone(name, img_size, **options)

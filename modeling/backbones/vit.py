@@ -18,6 +18,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from modeling.backbones.registry import register_backbone
+
 
 class OverlapPatchEmbed(PatchEmbed):
     """timm's patch embedding with a convolution stride that may be smaller than the patch (overlapping patches).
@@ -37,6 +39,7 @@ class OverlapPatchEmbed(PatchEmbed):
 
 class ViTBackbone(nn.Module):
     """A timm ViT/DeiT (``vit_*``, ``deit_*``) as a token extractor: ``forward(x, cam_label) -> [B, 1 + N, D]``.
+    ``timm_kwargs`` go to ``timm.create_model`` (``depth``, ``embed_dim``, ... for a smaller variant).
 
     Tokens = [CLS, patches] + position table (+ ``sie_coe * sie_embed[camid]`` when built with more than one
     camera), then the blocks and the final norm.
@@ -46,13 +49,13 @@ class ViTBackbone(nn.Module):
 
     def __init__(self, name: str, img_size: Sequence[int], stride: Sequence[int] = (16, 16), num_cameras: int = 0,
                  sie_coe: float = 3.0, drop_path: float = 0.0, drop_out: float = 0.0, attn_drop: float = 0.0,
-                 grad_checkpoint: bool = False) -> None:
+                 grad_checkpoint: bool = False, **timm_kwargs) -> None:
         super().__init__()
         try:
             vit = timm.create_model(name, pretrained=False, num_classes=0, img_size=tuple(img_size),
                                     drop_rate=drop_out, pos_drop_rate=drop_out, proj_drop_rate=drop_out,
                                     attn_drop_rate=attn_drop, drop_path_rate=drop_path,
-                                    embed_layer=partial(OverlapPatchEmbed, stride=tuple(stride)))
+                                    embed_layer=partial(OverlapPatchEmbed, stride=tuple(stride)), **timm_kwargs)
         except (TypeError, RuntimeError) as err:
             raise ValueError(f"MODEL.TRANSFORMER_TYPE {name!r}: timm cannot build it as a plain ViT ({err})") from None
         if type(vit) is not VisionTransformer or vit.cls_token is None or vit.reg_token is not None \
@@ -87,6 +90,17 @@ class ViTBackbone(nn.Module):
         x = self.norm_pre(self.pos_drop(x))
         x = run_blocks(self.blocks, x, self.grad_checkpoint and self.training)
         return self.norm(x)
+
+
+def is_timm_vit(name: str) -> bool:
+    """timm ``vit_*`` / ``deit_*`` model names, distilled ones excepted (a name lookup, nothing is built)."""
+    return name.startswith(("vit_", "deit_")) and "distilled" not in name and timm.is_model(name)
+
+
+@register_backbone(matches=is_timm_vit, hint="a timm ViT/DeiT name such as vit_base_patch16_224, "
+                                             "deit_small_patch16_224, vit_tiny_patch16_224")
+def build_vit(name: str, img_size: Sequence[int], **options) -> ViTBackbone:
+    return ViTBackbone(name, img_size, **options)
 
 
 def run_blocks(blocks: nn.Module, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
