@@ -27,40 +27,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(cfg) -> dict:
     import numpy as np
 
-    from data.build import make_dataloader
-    from modeling import make_model
-    from modeling.convert import load_model_weights
-    from processor.inference import evaluate_settings, extract_features, format_table, settings_for
-    from processor.trainer import amp_dtype, write_results
-    from utils.checkpoint import safe_load
-    from utils.env import device_description, git_commit, resolve_device, versions
+    from data.build import build_query_gallery
+    from processor.inference import evaluate_settings, format_table, settings_for, write_results
+    from processor.predictor import Predictor
+    from utils.env import device_description, git_commit, versions
     from utils.io import write_npz
     from utils.logger import setup_logger
 
     setup_logger(None)
-    device = resolve_device(cfg.MODEL.DEVICE)
     settings = settings_for(cfg.TEST.MISS)
-    state = safe_load(cfg.TEST.WEIGHT)  # fails before anything is written
-    data = make_dataloader(cfg)
-    model = make_model(cfg, data.num_classes, data.num_cameras)
-    load_model_weights(model, state, source=cfg.TEST.WEIGHT)
-    model.to(device).eval()
+    predictor = Predictor.from_config(cfg)  # fails before anything is written
+    split = build_query_gallery(cfg)
     # Only now that the weights fit is anything written.
     setup_logger(cfg.OUTPUT_DIR, 0, "test_log.txt")
-    logger.info("versions %s, device %s, commit %s", versions(), device_description(device), git_commit())
+    logger.info("versions %s, device %s, commit %s", versions(), device_description(predictor.device), git_commit())
     logger.info("evaluating %s on %s, settings: %s", cfg.TEST.WEIGHT, cfg.DATASETS.NAMES, ", ".join(settings))
-    amp = cfg.SOLVER.AMP and device.type == "cuda"
-    extracted = extract_features(model, data.test_loader, device, settings, amp, amp_dtype(cfg))
-    results = evaluate_settings(extracted, data.num_query, data.dataset.junk_key, cfg.TEST.FEAT_NORM,
-                                cfg.TEST.RE_RANKING)
+    extracted = predictor.extract(predictor.loader(split.records), settings)
+    results = evaluate_settings(extracted, split.num_query, split.junk_key, cfg.TEST.FEAT_NORM, cfg.TEST.RE_RANKING)
     logger.info("features of %d images x %d settings in %.1f s\n%s", len(extracted.pids), len(settings),
                 extracted.seconds, format_table(results))
-    write_results(os.path.join(cfg.OUTPUT_DIR, "results.json"), results, cfg, cfg.TEST.WEIGHT,
-                  state.get("epoch") if isinstance(state.get("epoch"), int) else None, device)
+    write_results(os.path.join(cfg.OUTPUT_DIR, "results.json"), results, cfg, cfg.TEST.WEIGHT, predictor.epoch,
+                  predictor.device)
     if cfg.TEST.SAVE_FEATURES:
         arrays = {f"feat_{s}": f.numpy() for s, f in extracted.feats.items()}
         write_npz(os.path.join(cfg.OUTPUT_DIR, "features.npz"), names=np.array(extracted.names), pids=extracted.pids,
-                  camids=extracted.camids, sceneids=extracted.sceneids, num_query=np.array(data.num_query), **arrays)
+                  camids=extracted.camids, sceneids=extracted.sceneids, num_query=np.array(split.num_query), **arrays)
     return results
 
 
@@ -75,8 +66,6 @@ def main(argv: list[str] | None = None) -> int:
         print("error: TEST.WEIGHT is not set; give the checkpoint to evaluate (TEST.WEIGHT path/to/best.pth)",
               file=sys.stderr)
         return 2
-    # The checkpoint holds every weight: no ImageNet file is needed.
-    cfg.MODEL.PRETRAIN_CHOICE = "none"
     cfg.freeze()
     from utils.checkpoint import CheckpointError
 

@@ -51,12 +51,12 @@ class _Loader(list):
 
 
 def bench_missing_table(backbone: str, size: tuple[int, int], batch: int, batches: int, repeats: int) -> dict:
-    from modeling import make_model
+    from modeling import build_model
     from processor.inference import extract_features
     from utils.spectra import MISS_SETTINGS
 
     torch.manual_seed(0)
-    model = make_model(_cfg(backbone, size), num_classes=171, camera_num=4).eval()
+    model = build_model(_cfg(backbone, size), num_classes=171, camera_num=4).eval()
     images = _images(batch, size)
     loader = _Loader({"images": images, "camid": torch.arange(batch) % 4, "pid": torch.arange(batch),
                       "sceneid": torch.full((batch,), -1), "name": [str(i) for i in range(batch)]}
@@ -80,14 +80,14 @@ _STEP_CHILD = r"""
 import json, resource, sys, time, torch
 sys.path.insert(0, {root!r})
 from configs import load_config
-from modeling import make_model
-from loss import make_loss
-from solver import make_optimizer
+from modeling import build_model
+from loss import build_loss
+from solver import build_optimizer
 opts = {opts!r}
 cfg = load_config(None, opts)
 torch.manual_seed(0)
-model = make_model(cfg, num_classes=171, camera_num=4).train()
-loss_fn, opt = make_loss(cfg, 171), make_optimizer(cfg, model)
+model = build_model(cfg, num_classes=171, camera_num=4).train()
+loss_fn, opt = build_loss(cfg, 171), build_optimizer(cfg, model)
 g = torch.Generator().manual_seed(0)
 h, w = cfg.INPUT.SIZE_TRAIN
 images = {{s: torch.randn({batch}, 3, h, w, generator=g) for s in ("RGB", "NI", "TI")}}
@@ -264,20 +264,20 @@ def peak_bf16_flops(device_name: str) -> float | None:
 
 
 def bench_cuda(batch: int, steps: int) -> dict:
-    from loss import make_loss
-    from modeling import make_model
-    from solver import make_optimizer
+    from loss import build_loss
+    from modeling import build_model
+    from solver import build_optimizer
     from tools.count_params import count_flops
 
     device = torch.cuda.get_device_name(0)
     out = {"device": device, "peak_bf16_flops": peak_bf16_flops(device)}
     for backbone in ("vit_base_patch16_224", "deit_small_patch16_224", "t2t_vit_t_24"):
         cfg = _cfg(backbone, (256, 128))
-        model = make_model(cfg, 171, 4).cuda().train()
+        model = build_model(cfg, 171, 4).cuda().train()
         # A train step costs about three forwards (the backward pass twice the forward's multiply-adds).
         sample = {s: v.cuda() for s, v in _images(2, (256, 128)).items()}
         step_flops = 3 * count_flops(model, sample, torch.zeros(2, dtype=torch.long).cuda(), True)["Global"] / 2
-        loss_fn, opt = make_loss(cfg, 171), make_optimizer(cfg, model)
+        loss_fn, opt = build_loss(cfg, 171), build_optimizer(cfg, model)
         images = {s: v.cuda() for s, v in _images(batch, (256, 128)).items()}
         pids, cams = (torch.arange(batch) // 16).cuda(), (torch.arange(batch) % 4).cuda()
         for i in range(steps + 3):

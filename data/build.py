@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +88,7 @@ def build_image_cache(cfg: CfgNode, records: list[Record], transform: Any, proce
     return cache
 
 
-def make_dataloader(cfg: CfgNode, distributed: bool = False) -> DataBundle:
+def build_dataloader(cfg: CfgNode, distributed: bool = False) -> DataBundle:
     """Read the data set named by ``DATASETS.NAMES`` and build the train and test loaders.
 
     Only the spectra in ``MODEL.SPECTRA`` are decoded. Under ``distributed`` every process takes its share of each
@@ -97,7 +98,7 @@ def make_dataloader(cfg: CfgNode, distributed: bool = False) -> DataBundle:
     rank, world_size = 0, 1
     if distributed:
         if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("make_dataloader(distributed=True) needs an initialised process group")
+            raise RuntimeError("build_dataloader(distributed=True) needs an initialised process group")
         rank, world_size = dist.get_rank(), dist.get_world_size()
     spectra = list(cfg.MODEL.SPECTRA)
     workers = cfg.DATALOADER.NUM_WORKERS
@@ -116,12 +117,35 @@ def make_dataloader(cfg: CfgNode, distributed: bool = False) -> DataBundle:
                                      cache=cache)
     train_loader = DataLoader(train_set, batch_sampler=sampler, generator=_generator(cfg.SOLVER.SEED), **options)
 
-    test_set = MultiSpectralDataset(dataset.query + dataset.gallery, spectra, build_transforms(cfg, is_train=False))
-    test_loader = DataLoader(test_set, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False,
-                             generator=_generator(cfg.SOLVER.SEED), **options)
+    test_loader = build_test_loader(cfg, dataset.query + dataset.gallery, spectra)
     logger.info("train: %d batches of %d (%s sampler, seed %d%s), test: %d query + %d gallery, spectra %s, %d workers",
                 len(sampler), cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.SAMPLER, cfg.SOLVER.SEED,
                 ", images cached" if cache is not None else "", len(dataset.query), len(dataset.gallery),
                 ", ".join(spectra), workers)
     return DataBundle(train_loader, test_loader, len(dataset.query), dataset.num_train_pids, dataset.num_train_cams,
                       dataset, sampler)
+
+
+def build_test_loader(cfg: CfgNode, records: Sequence[Record], spectra: Sequence[str]) -> DataLoader:
+    """Batches of ``records`` in order with the test transform (TEST.IMS_PER_BATCH), decoding only ``spectra``."""
+    workers = cfg.DATALOADER.NUM_WORKERS
+    dataset = MultiSpectralDataset(list(records), list(spectra), build_transforms(cfg, is_train=False))
+    return DataLoader(dataset, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, num_workers=workers,
+                      collate_fn=collate, persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu",
+                      generator=_generator(cfg.SOLVER.SEED))
+
+
+@dataclass
+class QueryGallery:
+    """The evaluation's records: query then gallery, and the junk rule's key ("camid" or "sceneid")."""
+
+    records: list[Record]
+    num_query: int
+    junk_key: str
+
+
+def build_query_gallery(cfg: CfgNode) -> QueryGallery:
+    """Query + gallery records of the configured data set, in the evaluation's order."""
+    dataset = build_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+    return QueryGallery(dataset.query + dataset.gallery, len(dataset.query), dataset.junk_key)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 logger = logging.getLogger(__name__)
 
@@ -140,3 +141,27 @@ class RandomShuffleSampler(TrainBatchSampler):
     def global_batches(self, rng: np.random.Generator) -> np.ndarray:
         order = rng.permutation(self.num_samples)[:self.num_batches * self.batch_size]
         return order.reshape(self.num_batches, self.batch_size)
+
+
+class SkipBatches(Sampler):
+    """The batches of a batch sampler after the first ``skip``: resuming in the middle of an epoch."""
+
+    def __init__(self, batch_sampler: Any, skip: int) -> None:
+        self.batch_sampler, self.skip = batch_sampler, skip
+
+    def __iter__(self) -> Iterator[Any]:
+        for i, batch in enumerate(self.batch_sampler):
+            if i >= self.skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return max(0, len(self.batch_sampler) - self.skip)
+
+
+def skip_batches(loader: DataLoader, skip: int) -> DataLoader:
+    """``loader`` without its first ``skip`` batches (the same batches after them)."""
+    if skip == 0:
+        return loader
+    return DataLoader(loader.dataset, batch_sampler=SkipBatches(loader.batch_sampler, skip),
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                      generator=loader.generator)  # never draw from the global RNG: resume must not shift it

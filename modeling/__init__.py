@@ -1,4 +1,4 @@
-"""The model: backbones per spectrum, TPM, CRM, heads; ``make_model(cfg, num_classes, camera_num)`` builds it."""
+"""The model: backbones per spectrum, TPM, CRM, heads; ``build_model(cfg, num_classes, camera_num)`` builds it."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ from modeling.backbones import build_backbone
 from modeling.meta_arch import TOPReID
 from modeling.pretrained import load_imagenet_weights
 
-__all__ = ["TOPReID", "make_model"]
+__all__ = ["TOPReID", "build_model"]
 
 logger = logging.getLogger(__name__)
 
 
-def make_model(cfg: CfgNode, num_classes: int, camera_num: int) -> TOPReID:
+def build_model(cfg: CfgNode, num_classes: int, camera_num: int, pretrained: bool = True) -> TOPReID:
     """Build TOP-ReID from the config (MODEL.*, INPUT.SIZE_TRAIN, TEST.NECK_FEAT); the one place that reads cfg.
 
     ``camera_num`` is the number of training cameras; the camera embedding is used when MODEL.SIE_CAMERA is on.
-    With MODEL.PRETRAIN_CHOICE 'imagenet' every backbone is initialised from MODEL.PRETRAIN_PATH_T.
+    With MODEL.PRETRAIN_CHOICE 'imagenet' (and ``pretrained``) every backbone is initialised from
+    MODEL.PRETRAIN_PATH_T; a model about to receive a checkpoint's weights passes ``pretrained=False``.
     """
     m = cfg.MODEL
     num_cameras = camera_num if m.SIE_CAMERA else 0
@@ -27,7 +28,7 @@ def make_model(cfg: CfgNode, num_classes: int, camera_num: int) -> TOPReID:
                                    num_cameras=num_cameras, sie_coe=m.SIE_COE, drop_path=m.DROP_PATH,
                                    drop_out=m.DROP_OUT, attn_drop=m.ATT_DROP_RATE, grad_checkpoint=m.GRAD_CHECKPOINT)
                  for s in m.SPECTRA}
-    if m.PRETRAIN_CHOICE == "imagenet":
+    if pretrained and m.PRETRAIN_CHOICE == "imagenet":
         load_imagenet_weights(backbones, m.PRETRAIN_PATH_T)
     model = TOPReID(backbones, num_classes, base=m.BASE, use_crm=m.RE, direct=m.DIRECT,
                     num_heads=m.TPM_HEADS or None, crm_depth=m.RE_LAYER, neck_feat=cfg.TEST.NECK_FEAT)

@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeling.convert import strip_prefixes, summarize_keys
-from utils.checkpoint import CheckpointError, safe_load
+from utils.checkpoint import CheckpointError, IncompatibleKeys, safe_load, summarize_keys, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +31,7 @@ _NOT_IN_IMAGENET = ("sie_embed",)  # parameters of this project that ImageNet fi
 def unwrap_imagenet_state_dict(obj: Mapping[str, Any], path: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The backbone state_dict inside a file and the keys dropped from it: wrappers removed, ``module.`` stripped,
     classifier and distillation token dropped (a distilled file's position table loses its second row)."""
-    for wrapper in _WRAPPERS:
-        if isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-            break
-    state = {k: v for k, v in strip_prefixes(obj).items() if isinstance(v, torch.Tensor)}
-    if not state:
-        raise CheckpointError(f"{path} (MODEL.PRETRAIN_PATH_T): holds no tensors")
+    state = unwrap_state_dict(obj, f"{path} (MODEL.PRETRAIN_PATH_T)", wrappers=_WRAPPERS, tensors_only=True)
     distilled = "dist_token" in state
     dropped = [k for k in state if k.startswith(_CLASSIFIER_PREFIXES) or k in _DISTILLATION]
     state = {k: v for k, v in state.items() if k not in dropped}
@@ -87,16 +80,12 @@ def load_imagenet_weights(backbones: Mapping[str, nn.Module], path: str) -> None
                 side = math.isqrt(before)
                 resized = f"position grid {side}x{side} -> {backbone.grid_size[0]}x{backbone.grid_size[1]}"
         expected = backbone.state_dict()
-        missing = [k for k in expected if k not in state and k.rsplit(".", 1)[-1] not in _NOT_IN_IMAGENET]
-        mismatched = [f"{k} (file {list(state[k].shape)}, model {list(v.shape)})" for k, v in expected.items()
-                      if k in state and state[k].shape != v.shape]
-        unexpected = [k for k in state if k not in expected]
-        if missing or mismatched:
-            problems = [f"missing {len(missing)}: {summarize_keys(missing)}"] if missing else []
-            if mismatched:
-                problems.append(f"shape mismatch: {', '.join(mismatched[:5])}")
+        keys = IncompatibleKeys.compare(expected, state, optional=lambda k: k.rsplit(".", 1)[-1] in _NOT_IN_IMAGENET)
+        problems = keys.report(unexpected=False)  # ImageNet files hold more than a backbone uses
+        if problems:
             raise CheckpointError(f"{path} (MODEL.PRETRAIN_PATH_T) does not fit the {backbone.name} backbone of "
-                                  f"{spectrum}: " + "; ".join(problems))
+                                  f"{spectrum}: {problems}")
+        unexpected = keys.unexpected
         backbone.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
         absent = [k for k in expected if k not in state]
         report = ", ".join(filter(None, [

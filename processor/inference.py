@@ -16,8 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from yacs.config import CfgNode
 
 from utils import distributed as du
+from utils.env import device_description, git_commit, versions
+from utils.io import write_json
 from utils.metrics import ReIDEvaluator
 from utils.spectra import MISS_SETTINGS, missing_spectra
 
@@ -58,6 +61,37 @@ def _rank_batches(loader: DataLoader, rank: int, world: int):
     yield from zip(mine, sharded)
 
 
+def missing_by_setting(model: nn.Module, settings: Sequence[str]) -> dict[str, frozenset[str]]:
+    """Setting -> the model's spectra it removes; a setting that removes all of them is an error."""
+    used = set(model.spectra)
+    missing = {s: frozenset(missing_spectra(s) & used) for s in settings}
+    for name, m in missing.items():
+        if used <= m:
+            raise ValueError(f"TEST.MISS setting {name!r} removes every spectrum the model uses ({sorted(used)})")
+    return missing
+
+
+def needed_spectra(model: nn.Module, missing: dict[str, frozenset[str]]) -> list[str]:
+    """Spectra whose backbone some setting needs, in model order; the others are never decoded nor run."""
+    return [s for s in model.spectra if any(s not in m for m in missing.values())]
+
+
+def batch_features(model: nn.Module, batch: dict, device: torch.device, missing: dict[str, frozenset[str]],
+                   amp: bool = False, amp_dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """Test features (float32, CPU) of one batch for every setting: each needed backbone runs once, CRM
+    reconstructions are shared by the settings."""
+    images = {s: batch["images"][s].to(device, non_blocking=True) for s in needed_spectra(model, missing)}
+    cams = batch["camid"].to(device, non_blocking=True)
+    out = {}
+    with _autocast(device, amp, amp_dtype):
+        tokens = model.backbone_tokens(images, cams)
+        cache: dict = {}  # CRM reconstructions shared by the settings of this batch
+        for name, m in missing.items():
+            available = {s: t for s, t in tokens.items() if s not in m}
+            out[name] = model.features_from_tokens(available, set(m), cache).float().cpu()
+    return out
+
+
 @torch.no_grad()
 def extract_features(model: nn.Module, loader: DataLoader, device: torch.device, settings: Sequence[str],
                      amp: bool = False, amp_dtype: torch.dtype = torch.float16) -> ExtractedFeatures:
@@ -66,13 +100,7 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
     model = getattr(model, "module", model)
     was_training = model.training
     model.eval()
-    missing = {s: missing_spectra(s) for s in settings}
-    used = set(model.spectra)
-    # Spectra whose backbone some setting needs; the others are never run.
-    needed = [s for s in model.spectra if any(s not in m for m in missing.values())]
-    for name, m in missing.items():
-        if used <= m:
-            raise ValueError(f"TEST.MISS setting {name!r} removes every spectrum the model uses ({sorted(used)})")
+    missing = missing_by_setting(model, settings)
     rank, world = du.get_rank(), du.get_world_size()
     start = time.perf_counter()
     feats: dict[str, list[torch.Tensor]] = {s: [] for s in settings}
@@ -80,14 +108,8 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
     pids, camids, sceneids, names = [], [], [], []
     for batch_index, batch in _rank_batches(loader, rank, world):
         order.append(batch_index)
-        images = {s: batch["images"][s].to(device, non_blocking=True) for s in needed}
-        cams = batch["camid"].to(device, non_blocking=True)
-        with _autocast(device, amp, amp_dtype):
-            tokens = model.backbone_tokens(images, cams)
-            cache: dict = {}  # CRM reconstructions shared by the settings of this batch
-            for name, m in missing.items():
-                available = {s: t for s, t in tokens.items() if s not in m}
-                feats[name].append(model.features_from_tokens(available, m & used, cache).float().cpu())
+        for name, f in batch_features(model, batch, device, missing, amp, amp_dtype).items():
+            feats[name].append(f)
         pids.append(batch["pid"].numpy())
         camids.append(batch["camid"].numpy())
         sceneids.append(batch["sceneid"].numpy())
@@ -139,3 +161,11 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
                      f"{100 * m['Rank-5']:8.1f}{100 * m['Rank-10']:9.1f}{100 * m['mINP']:8.1f}")
     return "\n".join(lines)
 
+
+
+def write_results(path: str, results: dict[str, dict[str, float]], cfg: CfgNode, checkpoint: str, epoch: int | None,
+                  device: torch.device) -> None:
+    """``results.json``: metrics per setting with what produced them (checkpoint, epoch, config, commit, versions,
+    device)."""
+    write_json(path, {"settings": results, "checkpoint": checkpoint, "epoch": epoch, "config": cfg.dump(),
+                      "commit": git_commit(), "versions": versions(), "device": device_description(device)})

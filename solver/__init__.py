@@ -1,6 +1,6 @@
 """Optimiser and learning-rate schedule."""
 
-from solver.optimizer import make_optimizer, param_groups
-from solver.scheduler import make_scheduler
+from solver.optimizer import build_optimizer, param_groups
+from solver.scheduler import build_scheduler
 
-__all__ = ["make_optimizer", "make_scheduler", "param_groups"]
+__all__ = ["build_optimizer", "build_scheduler", "param_groups"]

@@ -37,7 +37,7 @@ def param_groups(model: nn.Module, base_lr: float, weight_decay: float, bias_lr_
     return list(groups.values())
 
 
-def make_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     """SGD (momentum SOLVER.MOMENTUM) or AdamW over :func:`param_groups` of SOLVER.BASE_LR, SOLVER.WEIGHT_DECAY,
     SOLVER.BIAS_LR_FACTOR, SOLVER.WEIGHT_DECAY_BIAS, SOLVER.LARGE_FC_LR. Fused kernels when every parameter is on
     CUDA, multi-tensor (foreach) steps otherwise."""

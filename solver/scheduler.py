@@ -17,7 +17,7 @@ from timm.scheduler import CosineLRScheduler
 from yacs.config import CfgNode
 
 
-def make_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> CosineLRScheduler:
+def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> CosineLRScheduler:
     """Cosine over SOLVER.MAX_EPOCHS to SOLVER.MIN_LR_FACTOR x BASE_LR after SOLVER.WARMUP_ITERS warm-up epochs
     from SOLVER.WARMUP_FACTOR x BASE_LR. Call ``step(epoch)`` at the start of each epoch; ``state_dict`` /
     ``load_state_dict`` for resuming."""

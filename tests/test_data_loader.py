@@ -15,7 +15,7 @@ import torchvision.transforms as T
 import data.build
 from configs.config import ConfigError
 from configs.defaults import get_cfg_defaults
-from data.build import make_dataloader
+from data.build import build_dataloader
 from data.datasets import DatasetError, Record, build_dataset
 from data.loader import ImageCache, MultiSpectralDataset, collate
 from data.transforms import build_transforms
@@ -61,7 +61,7 @@ def _assert_same_batches(a, b):
 
 
 def test_bundle_and_batch_format(tree):
-    bundle = make_dataloader(_cfg(tree))
+    bundle = build_dataloader(_cfg(tree))
     assert (bundle.num_query, bundle.num_classes, bundle.num_cameras) == (8, 5, 2)
     assert bundle.dataset.name == "RGBNT201" and bundle.train_loader.batch_sampler is bundle.train_sampler
     batch = _epochs(bundle, [1])[0]
@@ -80,7 +80,7 @@ def test_bundle_and_batch_format(tree):
 
 
 def test_only_configured_spectra_are_loaded(tree):
-    bundle = make_dataloader(_cfg(tree, **{"MODEL.SPECTRA": ["RGB", "TI"]}))
+    bundle = build_dataloader(_cfg(tree, **{"MODEL.SPECTRA": ["RGB", "TI"]}))
     assert set(_epochs(bundle, [1])[0]["images"]) == {"RGB", "TI"}
     assert set(next(iter(bundle.test_loader))["images"]) == {"RGB", "TI"}
 
@@ -89,9 +89,9 @@ def test_same_batches_for_zero_and_two_workers_and_main_rng_untouched(tree):
     torch.manual_seed(123)
     random.seed(123)
     torch_state, python_state = torch.get_rng_state(), random.getstate()
-    serial = _epochs(make_dataloader(_cfg(tree)))
+    serial = _epochs(build_dataloader(_cfg(tree)))
     assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == python_state
-    parallel = _epochs(make_dataloader(_cfg(tree, **{"DATALOADER.NUM_WORKERS": 2})))
+    parallel = _epochs(build_dataloader(_cfg(tree, **{"DATALOADER.NUM_WORKERS": 2})))
     _assert_same_batches(serial, parallel)
     # the augmentation is really random: the two epochs' images of one record differ
     first = {n: b["images"]["RGB"][i] for b in serial[: len(serial) // 2] for i, n in enumerate(b["name"])}
@@ -101,7 +101,7 @@ def test_same_batches_for_zero_and_two_workers_and_main_rng_untouched(tree):
 
 
 def test_epoch_order_is_reproducible_and_changes_with_epoch(tree):
-    bundle = make_dataloader(_cfg(tree))
+    bundle = build_dataloader(_cfg(tree))
     a, b = _epochs(bundle, [3]), _epochs(bundle, [3])
     _assert_same_batches(a, b)
     c = _epochs(bundle, [4])
@@ -120,11 +120,11 @@ def _identical_spectra_tree(root: str) -> None:
 def test_share_aug_gives_the_same_augmentation_to_every_spectrum(tmp_path):
     _identical_spectra_tree(str(tmp_path))
     options = {"INPUT.PROB": 0.5, "INPUT.RE_PROB": 0.5, "INPUT.PADDING": 4}
-    shared = _epochs(make_dataloader(_cfg(str(tmp_path), **options, **{"INPUT.SHARE_AUG": True})), [1, 2, 3])
+    shared = _epochs(build_dataloader(_cfg(str(tmp_path), **options, **{"INPUT.SHARE_AUG": True})), [1, 2, 3])
     for batch in shared:
         assert torch.equal(batch["images"]["RGB"], batch["images"]["NI"])
         assert torch.equal(batch["images"]["RGB"], batch["images"]["TI"])
-    independent = _epochs(make_dataloader(_cfg(str(tmp_path), **options, **{"INPUT.SHARE_AUG": False})), [1, 2, 3])
+    independent = _epochs(build_dataloader(_cfg(str(tmp_path), **options, **{"INPUT.SHARE_AUG": False})), [1, 2, 3])
     differs = [not torch.equal(b["images"]["RGB"][i], b["images"][s][i])
                for b in independent for i in range(len(b["name"])) for s in ("NI", "TI")]
     assert sum(differs) > len(differs) // 2
@@ -174,7 +174,7 @@ def test_unreadable_image_is_reported_when_loaded(tree, damage):
 
 def test_corrupt_image_error_reaches_the_main_process_from_a_worker(tree):
     cfg = _cfg(tree, **{"DATALOADER.NUM_WORKERS": 2})
-    bundle = make_dataloader(cfg)
+    bundle = build_dataloader(cfg)
     path = bundle.dataset.query[0].paths["TI"]
     with open(path, "wb") as f:
         f.write(b"\xff\xd8\xff\xe0 truncated")
@@ -192,8 +192,8 @@ def test_corrupt_image_error_reaches_the_main_process_from_a_worker(tree):
 def test_image_cache_gives_the_same_batches(tree, workers):
     """The tree's images are 32x64, so the cache holds resized images; flips, pads, crops and erasing are drawn."""
     options = {"DATALOADER.NUM_WORKERS": workers, "INPUT.PROB": 0.5, "INPUT.RE_PROB": 0.5}
-    plain = make_dataloader(_cfg(tree, **options))
-    cached = make_dataloader(_cfg(tree, **options, **{"DATALOADER.CACHE_IMAGES": True}))
+    plain = build_dataloader(_cfg(tree, **options))
+    cached = build_dataloader(_cfg(tree, **options, **{"DATALOADER.CACHE_IMAGES": True}))
     cache = cached.train_loader.dataset.cache
     assert plain.train_loader.dataset.cache is None and cache.images.shape == (20, 3, 32, 16, 3)
     assert not cache.images.flags.writeable
@@ -235,9 +235,9 @@ def test_image_cache_larger_than_the_memory_is_a_config_error(tree, monkeypatch)
     monkeypatch.setattr(data.build, "available_memory", lambda: 100_000)
     with pytest.raises(ConfigError, match=r"DATALOADER.CACHE_IMAGES = True needs 0.0 GiB for 20 training samples "
                                           r"\(3 spectra at 32x16\), more than 80% of the 0.0 GiB"):
-        make_dataloader(_cfg(tree, **{"DATALOADER.CACHE_IMAGES": True}))
+        build_dataloader(_cfg(tree, **{"DATALOADER.CACHE_IMAGES": True}))
     # 20 x 3 x 32 x 16 x 3 = 92160 bytes are more than 80% of 100000; two spectra, 61440 bytes, are not
-    bundle = make_dataloader(_cfg(tree, **{"DATALOADER.CACHE_IMAGES": True, "MODEL.SPECTRA": ["RGB", "TI"]}))
+    bundle = build_dataloader(_cfg(tree, **{"DATALOADER.CACHE_IMAGES": True, "MODEL.SPECTRA": ["RGB", "TI"]}))
     assert bundle.train_loader.dataset.cache.images.shape == (20, 2, 32, 16, 3)
 
 
@@ -246,7 +246,7 @@ def test_unreadable_image_is_reported_when_the_cache_is_built(tree):
     with open(path, "wb") as f:
         f.write(b"not an image")
     with pytest.raises(DatasetError, match=re.escape(path)):
-        make_dataloader(_cfg(tree, **{"DATALOADER.CACHE_IMAGES": True, "DATALOADER.NUM_WORKERS": 2}))
+        build_dataloader(_cfg(tree, **{"DATALOADER.CACHE_IMAGES": True, "DATALOADER.NUM_WORKERS": 2}))
 
 
 def test_collate_keeps_order():

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from configs import load_config
+from processor.hooks import HookBase, StopOnSignal
 from processor.trainer import RunExistsError, Trainer, TrainingInterrupted
 from tests.conftest import tiny_opts
 
@@ -50,15 +51,21 @@ def test_new_run_does_not_overwrite_an_existing_one(trained_run, demo_root):
     assert (out / "last.pth").read_bytes() == before
 
 
+class _StopAt(HookBase):
+    """Asks the trainer to stop after global step ``step``, as a SIGTERM would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def after_step(self):
+        if self.trainer.global_step == self.step:
+            self.trainer.request_stop(signal.SIGTERM)
+
+
 def _interrupt_at(trainer, step):
-    original = trainer._stop_requested
-
-    def stop():
-        if trainer.global_step == step:
-            trainer._stop_signal = signal.SIGTERM
-        return original()
-
-    trainer._stop_requested = stop
+    stop_hook = next(i for i, h in enumerate(trainer.hooks) if isinstance(h, StopOnSignal))
+    trainer.hooks.insert(stop_hook, _StopAt(step))
+    trainer.hooks[stop_hook].trainer = trainer
 
 
 @pytest.mark.parametrize("stop_step", [3, None], ids=["mid-epoch", "epoch-end"])

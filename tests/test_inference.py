@@ -3,7 +3,7 @@
 import torch
 
 from configs import load_config
-from modeling import make_model
+from modeling import build_model
 from utils.spectra import MISS_SETTINGS, missing_spectra
 
 OPTS = ["MODEL.TRANSFORMER_TYPE", "vit_tiny_patch16_224", "MODEL.PRETRAIN_CHOICE", "none", "INPUT.SIZE_TRAIN",
@@ -12,7 +12,7 @@ OPTS = ["MODEL.TRANSFORMER_TYPE", "vit_tiny_patch16_224", "MODEL.PRETRAIN_CHOICE
 
 def _model(*extra):
     torch.manual_seed(0)
-    return make_model(load_config(None, OPTS + list(extra)), num_classes=5, camera_num=2)
+    return build_model(load_config(None, OPTS + list(extra)), num_classes=5, camera_num=2)
 
 
 def _inputs(batch=4):

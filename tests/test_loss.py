@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from configs.defaults import get_cfg_defaults
-from loss import ReIDLoss, TripletLoss, make_loss
+from loss import ReIDLoss, TripletLoss, build_loss
 
 
 def brute_force_triplet(feats, labels, margin=None, normalize=False):
@@ -92,12 +92,12 @@ def test_label_smoothing_equals_original_formula(eps):
     labels = torch.randint(0, 171, (12,), generator=generator)
     cfg = get_cfg_defaults()
     cfg.MODEL.LABEL_SMOOTH = eps
-    id_loss = make_loss(cfg, 171).id_loss(logits, labels)
+    id_loss = build_loss(cfg, 171).id_loss(logits, labels)
     onehot = F.one_hot(labels, 171).float()
     expected = (-(onehot * (1 - eps) + eps / 171) * F.log_softmax(logits, dim=1)).mean(0).sum()
     assert id_loss.item() == pytest.approx(expected.item(), rel=1e-6)
     cfg.MODEL.IF_LABELSMOOTH = False
-    assert make_loss(cfg, 171).id_loss(logits, labels).item() == pytest.approx(
+    assert build_loss(cfg, 171).id_loss(logits, labels).item() == pytest.approx(
         F.cross_entropy(logits, labels).item(), rel=1e-6)
 
 
@@ -121,7 +121,7 @@ def test_make_loss_terms_and_weights(id_w, tri_w, crm_w, no_margin):
     cfg.MODEL.NO_MARGIN = no_margin
     cfg.SOLVER.MARGIN = 0.7
     outputs, labels = fake_outputs(0, heads=("tpm", "RGB", "NI", "TI"))
-    total, terms = make_loss(cfg, 10)(outputs, labels)
+    total, terms = build_loss(cfg, 10)(outputs, labels)
     assert list(terms) == ["tpm.id", "tpm.triplet", "RGB.id", "RGB.triplet", "NI.id", "NI.triplet", "TI.id",
                            "TI.triplet", "crm"]
     assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in terms.values())
@@ -144,13 +144,13 @@ def test_make_loss_terms_and_weights(id_w, tri_w, crm_w, no_margin):
 
 def test_make_loss_without_aux_losses():
     outputs, labels = fake_outputs(1, heads=("concat",), with_crm=False)
-    total, terms = make_loss(get_cfg_defaults(), 10)(outputs, labels)
+    total, terms = build_loss(get_cfg_defaults(), 10)(outputs, labels)
     assert set(terms) == {"concat.id", "concat.triplet"}
     assert total.item() == pytest.approx(terms["concat.id"].item() + terms["concat.triplet"].item(), rel=1e-6)
 
 
 def test_make_loss_errors():
-    loss = make_loss(get_cfg_defaults(), 10)
+    loss = build_loss(get_cfg_defaults(), 10)
     outputs, labels = fake_outputs(2)
     outputs["losses"]["recon"] = torch.tensor(1.0)
     with pytest.raises(KeyError, match="'recon'"):

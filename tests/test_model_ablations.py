@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from configs.config import load_config
-from modeling import TOPReID, make_model
+from modeling import TOPReID, build_model
 from modeling.backbones import backbone_names_hint, build_backbone, is_known_backbone
 
 NUM_CLASSES = 4
@@ -67,7 +67,7 @@ def assert_all_gradients(model: TOPReID) -> None:
 ])
 def test_switch_trains_every_parameter(opts, heads, parts):
     cfg = tiny_cfg(**opts)
-    model = make_model(cfg, NUM_CLASSES, camera_num=3)
+    model = build_model(cfg, NUM_CLASSES, camera_num=3)
     assert model.spectra == tuple(cfg.MODEL.SPECTRA)
     assert (model.tpm is not None, model.crm is not None) == ("tpm" in parts, "crm" in parts)
     out = train_step(model, (64, 32))
@@ -85,9 +85,9 @@ def test_switch_trains_every_parameter(opts, heads, parts):
 
 
 def test_camera_embedding_only_with_sie_and_several_cameras():
-    assert make_model(tiny_cfg(), NUM_CLASSES, 3).backbones["RGB"].sie_embed.shape == (3, 1, 192)
-    assert make_model(tiny_cfg(), NUM_CLASSES, 1).backbones["RGB"].sie_embed is None
-    assert make_model(tiny_cfg(**{"MODEL.SIE_CAMERA": "False"}), NUM_CLASSES, 3).backbones["RGB"].sie_embed is None
+    assert build_model(tiny_cfg(), NUM_CLASSES, 3).backbones["RGB"].sie_embed.shape == (3, 1, 192)
+    assert build_model(tiny_cfg(), NUM_CLASSES, 1).backbones["RGB"].sie_embed is None
+    assert build_model(tiny_cfg(**{"MODEL.SIE_CAMERA": "False"}), NUM_CLASSES, 3).backbones["RGB"].sie_embed is None
     # T2T, as the original, keeps it with a single camera.
     assert build_backbone("t2t_vit_t_14", (64, 32), num_cameras=1).sie_embed.shape == (1, 1, 384)
     assert build_backbone("t2t_vit_t_14", (64, 32), num_cameras=0).sie_embed is None
@@ -97,7 +97,7 @@ def test_camera_embedding_only_with_sie_and_several_cameras():
 def test_t2t_trains_at_small_and_non_square_sizes(size):
     cfg = tiny_cfg(**{"MODEL.TRANSFORMER_TYPE": "t2t_vit_t_14", "INPUT.SIZE_TRAIN": str(list(size)).replace(" ", ""),
                       "MODEL.SPECTRA": "['RGB','NI']"})
-    model = make_model(cfg, NUM_CLASSES, camera_num=3)
+    model = build_model(cfg, NUM_CLASSES, camera_num=3)
     assert model.backbones["RGB"].grid_size == (size[0] // 16, size[1] // 16)
     assert model.tpm.start.attn.num_heads == 8
     train_step(model, size)
@@ -125,7 +125,7 @@ def test_grad_checkpoint_gives_the_same_gradients():
     grads = []
     for flag in ("False", "True"):
         torch.manual_seed(1)
-        model = make_model(tiny_cfg(**{"MODEL.GRAD_CHECKPOINT": flag, "MODEL.DROP_PATH": "0.0"}), NUM_CLASSES, 3)
+        model = build_model(tiny_cfg(**{"MODEL.GRAD_CHECKPOINT": flag, "MODEL.DROP_PATH": "0.0"}), NUM_CLASSES, 3)
         train_step(model, (64, 32))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
@@ -148,4 +148,4 @@ def test_unusable_backbone_settings_raise():
     with pytest.raises(ValueError, match="divisible by 16"):
         build_backbone("t2t_vit_t_14", (120, 64))
     with pytest.raises(ValueError, match="TPM_HEADS"):
-        make_model(tiny_cfg(**{"MODEL.TPM_HEADS": "5"}), NUM_CLASSES, 3)
+        build_model(tiny_cfg(**{"MODEL.TPM_HEADS": "5"}), NUM_CLASSES, 3)

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from configs.config import load_config
-from modeling import make_model
-from modeling.convert import convert_original_state_dict, is_original_layout, load_model_weights
+from modeling import build_model
+from modeling.checkpoint import load_model_weights
+from modeling.convert import convert_original_state_dict, is_original_layout
 from utils.checkpoint import CheckpointError, safe_load, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def to_original_layout(state: dict[str, torch.Tensor], num_classes: int) -> dict
 def demo_model(**opts: str):
     cfg = load_config(DEMO_CONFIG, [x for kv in opts.items() for x in kv])
     torch.manual_seed(0)
-    return make_model(cfg, 10, 4)
+    return build_model(cfg, 10, 4)
 
 
 @pytest.mark.parametrize("backbone", ["vit_base_patch16_224", "deit_small_patch16_224", "t2t_vit_t_24"])
@@ -71,7 +72,7 @@ def test_manifest_maps_onto_the_model(backbone):
     assert is_original_layout(placeholders)
     assert is_original_layout({f"module.{k}": v for k, v in placeholders.items()})
     with torch.device("meta"):
-        model = make_model(load_config(None, ["MODEL.TRANSFORMER_TYPE", backbone, "MODEL.PRETRAIN_CHOICE", "none"]),
+        model = build_model(load_config(None, ["MODEL.TRANSFORMER_TYPE", backbone, "MODEL.PRETRAIN_CHOICE", "none"]),
                            171, 4)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert not is_original_layout(expected)
@@ -104,7 +105,7 @@ def test_original_checkpoint_loads_and_drops_the_unused_keys(caplog):
     source = demo_model()
     original = to_original_layout(source.state_dict(), num_classes=10)
     target = demo_model()
-    with caplog.at_level("INFO", logger="modeling.convert"):
+    with caplog.at_level("INFO", logger="modeling.checkpoint"):
         dropped = load_model_weights(target, original, source="TOPReID_60.pth")
     assert sorted(dropped) == sorted(k[len("module."):] for k in original
                                      if ".base.fc." in k or ".classifier." in k or ".bottleneck." in k)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from configs.config import load_config
-from modeling import TOPReID, make_model
-from modeling.convert import load_model_weights
+from modeling import TOPReID, build_model
+from modeling.checkpoint import load_model_weights
 from utils.spectra import MISS_SETTINGS, missing_spectra
 
 REFERENCE = Path(__file__).parent / "data" / "reference"
@@ -59,7 +59,7 @@ def build(backbone: str) -> tuple[TOPReID, dict, dict, list[str]]:
                              "MODEL.RE", "True", "MODEL.RE_LAYER", "1", "MODEL.DROP_PATH", "0.0",
                              "MODEL.DROP_OUT", "0.0", "MODEL.ATT_DROP_RATE", "0.0", "INPUT.SIZE_TRAIN", "[256,128]",
                              "TEST.NECK_FEAT", "before"])
-    model = make_model(cfg, num_classes=171, camera_num=4)
+    model = build_model(cfg, num_classes=171, camera_num=4)
     manifest = json.loads((REFERENCE / "manifests" / f"topreid_{backbone}.json").read_text())
     state = REF.reference_state_dict(manifest, seed=0)
     dropped = load_model_weights(model, state, log=False)

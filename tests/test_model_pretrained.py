@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from configs.config import load_config
-from modeling import make_model
+from modeling import build_model
 from modeling.backbones import build_backbone
 from modeling.pretrained import load_imagenet_weights
 from utils.checkpoint import CheckpointError
@@ -124,7 +124,7 @@ def test_missing_file_names_path_and_key(tmp_path):
     cfg = load_config(None, ["MODEL.TRANSFORMER_TYPE", "vit_tiny_patch16_224", "INPUT.SIZE_TRAIN", "[64,32]",
                              "MODEL.PRETRAIN_CHOICE", "imagenet", "MODEL.PRETRAIN_PATH_T", str(path)])
     with pytest.raises(CheckpointError, match="MODEL.PRETRAIN_PATH_T"):
-        make_model(cfg, 10, 2)
+        build_model(cfg, 10, 2)
 
 
 def test_file_missing_a_backbone_weight_raises(tmp_path):
@@ -146,6 +146,6 @@ def test_make_model_initialises_every_backbone_from_the_file(tmp_path):
     torch.save(state, tmp_path / "w.pth")
     cfg = load_config(None, ["MODEL.TRANSFORMER_TYPE", "vit_tiny_patch16_224", "INPUT.SIZE_TRAIN", "[64,32]",
                              "MODEL.PRETRAIN_CHOICE", "imagenet", "MODEL.PRETRAIN_PATH_T", str(tmp_path / "w.pth")])
-    model = make_model(cfg, 10, 2)
+    model = build_model(cfg, 10, 2)
     for backbone in model.backbones.values():
         check_loaded(backbone, state)

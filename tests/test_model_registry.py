@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from configs import ConfigError, load_config
-from modeling import make_model
+from modeling import build_model
 from modeling.backbones import build_backbone, is_known_backbone, register_backbone, unregister_backbone
 from tests.helpers import register_toy_backbone
 
@@ -18,7 +18,7 @@ def test_registered_toy_backbone_builds_validates_and_runs():
     assert tokens.shape == (2, 1 + 4 * 2, 96)
     cfg = load_config(None, ["MODEL.TRANSFORMER_TYPE", name, "MODEL.PRETRAIN_CHOICE", "none",
                              "INPUT.SIZE_TRAIN", "[64,32]", "INPUT.SIZE_TEST", "[64,32]"])
-    model = make_model(cfg, num_classes=5, camera_num=3)
+    model = build_model(cfg, num_classes=5, camera_num=3)
     assert model.backbones["RGB"].name == name
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from configs.defaults import get_cfg_defaults
-from solver import make_optimizer, make_scheduler, param_groups
+from solver import build_optimizer, build_scheduler, param_groups
 
 
 class TinyReID(nn.Module):
@@ -38,7 +38,7 @@ def groups_by_name(optimizer):
 def test_param_groups_follow_original_rules():
     model = TinyReID()
     cfg = solver_cfg(BASE_LR=0.01, WEIGHT_DECAY=1e-4, BIAS_LR_FACTOR=2.0, WEIGHT_DECAY_BIAS=5e-4)
-    optimizer = make_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     by_name = groups_by_name(optimizer)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert sorted(by_name) == sorted(trainable)
@@ -62,7 +62,7 @@ def test_param_groups_without_config():
 def test_large_fc_lr_doubles_the_classifier():
     model = TinyReID()
     model.classifier = nn.Linear(8, 5, bias=True)
-    optimizer = make_optimizer(solver_cfg(BASE_LR=0.01, BIAS_LR_FACTOR=3.0, LARGE_FC_LR=True), model)
+    optimizer = build_optimizer(solver_cfg(BASE_LR=0.01, BIAS_LR_FACTOR=3.0, LARGE_FC_LR=True), model)
     by_name = groups_by_name(optimizer)
     assert by_name["classifier.weight"][0] == pytest.approx(0.02)
     assert by_name["classifier.bias"][0] == pytest.approx(0.02)  # the classifier rule wins, as in the original
@@ -73,7 +73,7 @@ def test_large_fc_lr_doubles_the_classifier():
 @pytest.mark.parametrize("name", ["SGD", "AdamW"])
 def test_optimizer_kind_and_a_step(name):
     model = TinyReID()
-    optimizer = make_optimizer(solver_cfg(OPTIMIZER_NAME=name, MOMENTUM=0.8), model)
+    optimizer = build_optimizer(solver_cfg(OPTIMIZER_NAME=name, MOMENTUM=0.8), model)
     expected_type = torch.optim.SGD if name == "SGD" else torch.optim.AdamW
     assert type(optimizer) is expected_type
     assert all(g["foreach"] for g in optimizer.param_groups)  # CPU: multi-tensor steps
@@ -90,7 +90,7 @@ def test_optimizer_kind_and_a_step(name):
 def test_sgd_step_matches_manual_update():
     model = nn.Linear(3, 2)
     cfg = solver_cfg(BASE_LR=0.1, BIAS_LR_FACTOR=2.0, WEIGHT_DECAY=0.01, WEIGHT_DECAY_BIAS=0.0, MOMENTUM=0.9)
-    optimizer = make_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
     model(torch.ones(1, 3)).sum().backward()
     gw, gb = model.weight.grad.clone(), model.bias.grad.clone()
@@ -102,11 +102,11 @@ def test_sgd_step_matches_manual_update():
 def test_errors():
     frozen = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
-        make_optimizer(get_cfg_defaults(), frozen)
+        build_optimizer(get_cfg_defaults(), frozen)
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER_NAME='Adam'"):
-        make_optimizer(solver_cfg(OPTIMIZER_NAME="Adam"), nn.Linear(2, 2))
+        build_optimizer(solver_cfg(OPTIMIZER_NAME="Adam"), nn.Linear(2, 2))
     with pytest.raises(ValueError, match="SOLVER.SCHEDULER"):
-        make_scheduler(solver_cfg(SCHEDULER="step"), torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1))
+        build_scheduler(solver_cfg(SCHEDULER="step"), torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1))
 
 
 def lrs_at(scheduler, optimizer, epoch):
@@ -118,10 +118,10 @@ def test_schedule_warmup_cosine_and_floor():
     base, warmup, epochs = 0.009, 10, 120
     cfg = solver_cfg(BASE_LR=base, WARMUP_ITERS=warmup, MAX_EPOCHS=epochs, WARMUP_FACTOR=0.01, MIN_LR_FACTOR=0.001,
                      BIAS_LR_FACTOR=2.0)
-    optimizer = make_optimizer(cfg, TinyReID())
+    optimizer = build_optimizer(cfg, TinyReID())
     weight_group, bias_group = 0, 1
     assert "bias" in optimizer.param_groups[bias_group]["param_names"][0]
-    scheduler = make_scheduler(cfg, optimizer)
+    scheduler = build_scheduler(cfg, optimizer)
     start, floor = 0.01 * base, 0.001 * base
     # epoch 0: the warm-up start, the same absolute value for every group (timm's warmup_lr_init)
     assert lrs_at(scheduler, optimizer, 0) == pytest.approx([start, start])
@@ -149,8 +149,8 @@ def test_schedule_warmup_cosine_and_floor():
 
 def test_schedule_without_warmup():
     cfg = solver_cfg(BASE_LR=0.1, WARMUP_ITERS=0, MAX_EPOCHS=20)
-    optimizer = make_optimizer(cfg, nn.Linear(2, 2, bias=False))
-    scheduler = make_scheduler(cfg, optimizer)
+    optimizer = build_optimizer(cfg, nn.Linear(2, 2, bias=False))
+    scheduler = build_scheduler(cfg, optimizer)
     assert lrs_at(scheduler, optimizer, 0) == pytest.approx([0.1])
     assert lrs_at(scheduler, optimizer, 10) == pytest.approx([1e-4 + (0.1 - 1e-4) * 0.5])
 
@@ -158,8 +158,8 @@ def test_schedule_without_warmup():
 def test_state_dict_round_trip_for_resume():
     cfg = solver_cfg(BASE_LR=0.009, WARMUP_ITERS=5, MAX_EPOCHS=30)
     model = TinyReID()
-    optimizer = make_optimizer(cfg, model)
-    scheduler = make_scheduler(cfg, optimizer)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
     for epoch in range(1, 8):
         scheduler.step(epoch)
         model(torch.randn(4, 8)).sum().backward()
@@ -169,8 +169,8 @@ def test_state_dict_round_trip_for_resume():
 
     resumed_model = TinyReID()
     resumed_model.load_state_dict(model.state_dict())
-    resumed_opt = make_optimizer(cfg, resumed_model)
-    resumed_sched = make_scheduler(cfg, resumed_opt)
+    resumed_opt = build_optimizer(cfg, resumed_model)
+    resumed_sched = build_scheduler(cfg, resumed_opt)
     resumed_opt.load_state_dict(saved_opt)
     resumed_sched.load_state_dict(saved_sched)
     assert resumed_sched.base_values == scheduler.base_values
@@ -186,13 +186,13 @@ def test_state_dict_round_trip_for_resume():
 
 @pytest.mark.parametrize("name", ["SGD", "AdamW"])
 def test_fused_kernel_accepts_the_groups_and_matches_foreach(name):
-    """On CUDA make_optimizer uses fused=True; torch also has the fused kernels on CPU, so the groups can be checked
+    """On CUDA build_optimizer uses fused=True; torch also has the fused kernels on CPU, so the groups can be checked
     here: same updates as the foreach steps used on CPU."""
     cfg = solver_cfg(OPTIMIZER_NAME=name, BASE_LR=0.05, WEIGHT_DECAY=0.01)
     # no BatchNorm here: a bias right before it has a zero gradient up to rounding, which Adam blows up to +-lr
     models = [nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 5)) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
-    foreach = make_optimizer(cfg, models[0])
+    foreach = build_optimizer(cfg, models[0])
     groups = param_groups(models[1], 0.05, 0.01, cfg.SOLVER.BIAS_LR_FACTOR, cfg.SOLVER.WEIGHT_DECAY_BIAS)
     extra = {"momentum": cfg.SOLVER.MOMENTUM} if name == "SGD" else {"weight_decay": 0.01}
     fused = getattr(torch.optim, name)(groups, lr=0.05, fused=True, **extra)

@@ -14,8 +14,13 @@ import torch
 from PIL import Image
 
 from configs import load_config
+from data.build import build_query_gallery
+from data.datasets.base import unique_records
+from modeling.checkpoint import sizes_from_state
+from processor.predictor import Predictor
 from tests.conftest import tiny_opts
 from tools import common
+from utils.checkpoint import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,21 +110,21 @@ def test_single_setting_refuses_all():
 def test_sizes_from_state_reads_classifier_and_camera_rows():
     state = {"heads.tpm.classifier.weight": torch.zeros(7, 12), "heads.concat.classifier.weight": torch.zeros(7, 12),
              "backbones.RGB.sie_embed": torch.zeros(5, 1, 4), "backbones.NI.sie_embed": torch.zeros(5, 1, 4)}
-    assert common.sizes_from_state(state, "x.pth") == (7, 5)
+    assert sizes_from_state(state, "x.pth") == (7, 5)
     state.pop("backbones.RGB.sie_embed"), state.pop("backbones.NI.sie_embed")
-    assert common.sizes_from_state(state, "x.pth") == (7, 0)
-    with pytest.raises(common.CheckpointError, match="x.pth"):
-        common.sizes_from_state({"layer.weight": torch.zeros(3)}, "x.pth")
+    assert sizes_from_state(state, "x.pth") == (7, 0)
+    with pytest.raises(CheckpointError, match="x.pth"):
+        sizes_from_state({"layer.weight": torch.zeros(3)}, "x.pth")
 
 
 def test_load_model_matches_training_model(trained_run, demo_root, tmp_path):
     """The tool's model (sizes read from the checkpoint) gives the trainer's test features."""
     out, trainer, _ = trained_run
     cfg = load_config(None, tool_opts(trained_run, demo_root, tmp_path, **{"TEST.WEIGHT": str(out / "last.pth")}))
-    loaded = common.load_model(cfg)
+    loaded = Predictor.from_config(cfg)
     assert (loaded.num_classes, loaded.num_cameras) == (trainer.data.num_classes, trainer.data.num_cameras)
-    records, _, _ = common.test_records(cfg)
-    batch = next(iter(common.records_loader(cfg, records[:4], loaded.spectra)))
+    records = build_query_gallery(cfg).records
+    batch = next(iter(loaded.loader(records[:4])))
     was_training = trainer.model.training
     trainer.model.eval()
     try:
@@ -127,17 +132,17 @@ def test_load_model_matches_training_model(trained_run, demo_root, tmp_path):
             expected = trainer.model(batch["images"], batch["camid"])
     finally:
         trainer.model.train(was_training)
-    got = common.record_features(loaded, cfg, records[:4], "nothing")
+    got = loaded.record_features(records[:4], ["nothing"])["nothing"]
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
 def test_record_features_runs_a_repeated_sample_once(trained_run, demo_root, tmp_path):
     cfg = load_config(None, tool_opts(trained_run, demo_root, tmp_path))
-    loaded = common.load_model(cfg)
-    records, _, _ = common.test_records(cfg)
+    loaded = Predictor.from_config(cfg)
+    records = build_query_gallery(cfg).records
     twice = [records[3], records[0], records[3]]
-    assert len(common.unique_records(twice)) == 2
-    feats = common.record_features(loaded, cfg, twice, "t")
+    assert len(unique_records(twice)) == 2
+    feats = loaded.record_features(twice, ["t"])["t"]
     torch.testing.assert_close(feats[0], feats[2], rtol=0, atol=0)
     assert not torch.equal(feats[0], feats[1])
 

@@ -18,9 +18,9 @@ from utils.spectra import missing_spectra
 
 @pytest.mark.parametrize("setting", ["nothing", "rt"])
 def test_onnx_features_match_pytorch(trained_run, demo_root, tmp_path, setting):
-    from data.build import make_dataloader
-    from modeling import make_model
-    from modeling.convert import load_model_weights
+    from data.build import build_dataloader
+    from modeling import build_model
+    from modeling.checkpoint import load_model_weights
 
     path = tmp_path / f"model_{setting}.onnx"
     opts = tool_opts(trained_run, demo_root, tmp_path, **{"TEST.MISS": setting})
@@ -29,8 +29,8 @@ def test_onnx_features_match_pytorch(trained_run, demo_root, tmp_path, setting):
     assert report["max_abs_diff"] < 1e-4 and report["check_images"] == 5
 
     cfg = load_config(None, opts)
-    data = make_dataloader(cfg)
-    model = make_model(cfg, data.num_classes, data.num_cameras)
+    data = build_dataloader(cfg)
+    model = build_model(cfg, data.num_classes, data.num_cameras)
     load_model_weights(model, cfg.TEST.WEIGHT)
     model.eval()
     batch = next(iter(data.test_loader))

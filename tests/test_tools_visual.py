@@ -90,15 +90,15 @@ def test_grad_cam_unknown_sample_is_one_error_line(trained_run, demo_root, tmp_p
 
 
 def _reference_ranking(trained_run, demo_root, tmp_path):
-    """Rankings computed as the evaluation does (test_net's path: data bundle, make_model, extract_features)."""
-    from data.build import make_dataloader
-    from modeling import make_model
-    from modeling.convert import load_model_weights
+    """Rankings computed as the evaluation does (test_net's path: data bundle, build_model, extract_features)."""
+    from data.build import build_dataloader
+    from modeling import build_model
+    from modeling.checkpoint import load_model_weights
     from processor.inference import extract_features
 
     cfg = load_config(None, tool_opts(trained_run, demo_root, tmp_path))
-    data = make_dataloader(cfg)
-    model = make_model(cfg, data.num_classes, data.num_cameras)
+    data = build_dataloader(cfg)
+    model = build_model(cfg, data.num_classes, data.num_cameras)
     load_model_weights(model, cfg.TEST.WEIGHT)
     extracted = extract_features(model, data.test_loader, torch.device("cpu"), ["nothing"])
     feats = F.normalize(extracted.feats["nothing"], dim=1)

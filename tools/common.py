@@ -1,12 +1,11 @@
-"""What the research tools share: the command line, the model built from the config with the checkpoint in
-``TEST.WEIGHT``, test features of data set records, image tiles, and the one-line error exit.
+"""What the research tools share: the command line, the one-line error exit, and the picture helpers. Models and
+features come from :class:`processor.predictor.Predictor` (the checkpoint in ``TEST.WEIGHT``, with the number of
+identities and cameras it records, so a tool that works on a folder of images needs no data set on disk).
 
 Command line: ``python tools/X.py --config_file CFG [--options] [KEY VALUE ...]``; the config's KEY VALUE pairs may
-stand anywhere on the line. The model is built with ``MODEL.PRETRAIN_CHOICE none`` (the checkpoint holds every
-weight) and with the number of identities and cameras read from the checkpoint (rows of its classifiers and of its
-camera embedding), so a tool that works on a folder of images needs no data set on disk. A failure the user can fix
-(checkpoint of another architecture, unknown sample index, unreadable file) ends the tool with one ``error: ...``
-line on stderr and exit code 1 (2 for an invalid config value, as ``test_net.py``).
+stand anywhere on the line. A failure the user can fix (checkpoint of another architecture, unknown sample index,
+unreadable file) ends the tool with one ``error: ...`` line on stderr and exit code 1 (2 for an invalid config
+value, as ``test_net.py``).
 """
 
 from __future__ import annotations
@@ -16,9 +15,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +24,8 @@ from yacs.config import CfgNode
 
 from configs import ConfigError, get_cfg_defaults, load_config
 from data.datasets.base import DatasetError, Record
-from utils.checkpoint import FORMAT, CheckpointError, safe_load
-from utils.spectra import MISS_SETTINGS, missing_spectra
+from utils.checkpoint import CheckpointError
+from utils.spectra import MISS_SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +115,7 @@ def output_path(cfg: CfgNode, given: str, default_name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The setting, the checkpoint and the model.
+# The setting.
 
 def single_setting(cfg: CfgNode) -> str:
     """``TEST.MISS`` as one setting (the tools show one at a time; ``all`` is refused with the choices)."""
@@ -129,146 +126,8 @@ def single_setting(cfg: CfgNode) -> str:
     return setting
 
 
-def model_state_dict(checkpoint: Mapping[str, Any], path: str) -> dict[str, torch.Tensor]:
-    """The tensors of a loaded checkpoint in this project's names (project checkpoint, bare state_dict, or a
-    checkpoint of the original code)."""
-    from modeling.convert import convert_original_state_dict, is_original_layout, strip_prefixes
-
-    obj: Any = checkpoint
-    if isinstance(obj.get("model"), Mapping) and obj.get("format", FORMAT) == FORMAT:
-        obj = obj["model"]
-    elif isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    state = strip_prefixes({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)})
-    if not state:
-        raise CheckpointError(f"{path}: holds no model weights")
-    if is_original_layout(state):
-        state, _ = convert_original_state_dict(state)
-    return state
-
-
-def sizes_from_state(state: Mapping[str, torch.Tensor], path: str) -> tuple[int, int]:
-    """(identities, cameras) a model was trained with: rows of its classifiers and of its camera embedding (0 when
-    it has none)."""
-    classes = {int(v.shape[0]) for k, v in state.items() if k.startswith("heads.") and k.endswith(".classifier.weight")}
-    if len(classes) != 1:
-        raise CheckpointError(f"{path}: not a TOP-ReID checkpoint (the number of identities cannot be read from "
-                              f"heads.*.classifier.weight: found {sorted(classes) or 'none'})")
-    cameras = {int(v.shape[0]) for k, v in state.items() if k.endswith(".sie_embed")}
-    return classes.pop(), max(cameras, default=0)
-
-
-@dataclass
-class LoadedModel:
-    model: Any  # modeling.TOPReID, in eval mode
-    device: torch.device
-    num_classes: int
-    num_cameras: int
-    checkpoint: str
-    amp: bool = False  # autocast on CUDA with SOLVER.AMP, in amp_dtype
-    amp_dtype: torch.dtype = torch.float16
-
-    @property
-    def spectra(self) -> tuple[str, ...]:
-        return tuple(self.model.spectra)
-
-
-def load_model(cfg: CfgNode, device: str | None = None) -> LoadedModel:
-    """The model of ``cfg`` with the weights of ``TEST.WEIGHT`` (strict), in eval mode on ``MODEL.DEVICE`` (or
-    ``device``)."""
-    from modeling import make_model
-    from modeling.convert import load_model_weights
-    from processor.trainer import amp_dtype
-    from utils.env import resolve_device
-
-    path = cfg.TEST.WEIGHT
-    if not path:
-        raise ToolError("TEST.WEIGHT is not set; give the checkpoint (TEST.WEIGHT path/to/best.pth)")
-    checkpoint = safe_load(path)
-    num_classes, num_cameras = sizes_from_state(model_state_dict(checkpoint, path), path)
-    model = make_model(cfg, num_classes, num_cameras)
-    load_model_weights(model, checkpoint, log=False, source=path)
-    target = resolve_device(device or cfg.MODEL.DEVICE)
-    model.to(target).eval()
-    logger.info("loaded %s: %s, %d identities, %d cameras, on %s", path, cfg.MODEL.TRANSFORMER_TYPE, num_classes,
-                num_cameras, target)
-    return LoadedModel(model, target, num_classes, num_cameras, path, cfg.SOLVER.AMP and target.type == "cuda",
-                       amp_dtype(cfg))
-
-
-def available_spectra(loaded: LoadedModel, setting: str) -> list[str]:
-    """The model's spectra that ``setting`` keeps, in model order."""
-    missing = missing_spectra(setting)
-    return [s for s in loaded.spectra if s not in missing]
-
-
 # ----------------------------------------------------------------------------------------------------------------------
-# Records and their features.
-
-def test_records(cfg: CfgNode) -> tuple[list[Record], int, str]:
-    """(query + gallery records in the evaluation's order, number of queries, junk key) of the data set."""
-    from data.datasets import build_dataset
-
-    dataset = build_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
-    return dataset.query + dataset.gallery, len(dataset.query), dataset.junk_key
-
-
-def record_key(record: Record) -> tuple:
-    """Identity of a sample on disk (RGBNT201's query and gallery list the same files)."""
-    return tuple(sorted(record.paths.items())), record.stitched
-
-
-def unique_records(records: Sequence[Record]) -> list[Record]:
-    """``records`` without repeats of the same sample, in first-seen order."""
-    seen: set[tuple] = set()
-    out = []
-    for record in records:
-        key = record_key(record)
-        if key not in seen:
-            seen.add(key)
-            out.append(record)
-    return out
-
-
-def records_loader(cfg: CfgNode, records: Sequence[Record], spectra: Sequence[str]) -> torch.utils.data.DataLoader:
-    """Batches of ``records`` in order, with the test transform, decoding only ``spectra``."""
-    from data.loader import MultiSpectralDataset, collate
-    from data.transforms import build_transforms
-
-    dataset = MultiSpectralDataset(records, spectra, build_transforms(cfg, is_train=False))
-    return torch.utils.data.DataLoader(dataset, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False,
-                                       num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=collate)
-
-
-@torch.no_grad()
-def feature_batches(loaded: LoadedModel, cfg: CfgNode, records: Sequence[Record],
-                    setting: str) -> Iterator[torch.Tensor]:
-    """Test features (float32, CPU, as the model returns them: not normalised) of ``records`` in order, one batch
-    at a time, under one missing-spectrum setting; the backbones of missing spectra are not run."""
-    missing = missing_spectra(setting) & set(loaded.spectra)
-    spectra = available_spectra(loaded, setting)
-    for batch in records_loader(cfg, records, spectra):
-        images = {s: x.to(loaded.device, non_blocking=True) for s, x in batch["images"].items()}
-        cams = batch["camid"].to(loaded.device, non_blocking=True)
-        with torch.autocast(loaded.device.type, dtype=loaded.amp_dtype, enabled=loaded.amp):
-            feats = loaded.model(images, cams, missing)
-        yield feats.float().cpu()
-
-
-def record_features(loaded: LoadedModel, cfg: CfgNode, records: Sequence[Record], setting: str) -> torch.Tensor:
-    """Test features [len(records), F] of ``records`` (see :func:`feature_batches`); a sample listed twice is run
-    once."""
-    keys = [record_key(r) for r in records]
-    position: dict[tuple, int] = {}
-    unique: list[Record] = []
-    for record, key in zip(records, keys):
-        if key not in position:
-            position[key] = len(unique)
-            unique.append(record)
-    feats = torch.cat(list(feature_batches(loaded, cfg, unique, setting)))
-    logger.info("features of %d samples, setting %s: %s", len(unique), setting, list(feats.shape))
-    return feats[[position[k] for k in keys]]
-
+# Features and indices.
 
 def normalize_if(feats: torch.Tensor, enabled: bool) -> torch.Tensor:
     """L2-normalised rows when ``enabled`` (TEST.FEAT_NORM), as the evaluation compares features."""

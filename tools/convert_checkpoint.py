@@ -35,32 +35,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def sizes_from_state(state: dict, source: str) -> tuple[int, int]:
-    """(number of identities, number of cameras) of a converted state_dict: classifier rows and camera-embedding
-    rows (0 when the checkpoint has no camera embedding)."""
-    classes = {v.shape[0] for k, v in state.items() if k.startswith("heads.") and k.endswith(".classifier.weight")}
-    if len(classes) != 1:
-        raise CheckpointError(f"{source}: cannot read the number of identities from its classifiers ({classes})")
-    cameras = {v.shape[0] for k, v in state.items() if k.endswith(".sie_embed")}
-    return classes.pop(), max(cameras, default=0)
-
-
 def convert(config_file: str, opts: list[str], source: str, output: str) -> None:
-    from modeling import make_model
-    from modeling.convert import convert_original_state_dict, is_original_layout, load_model_weights, strip_prefixes
+    from modeling import build_model
+    from modeling.checkpoint import load_model_weights, model_payload, project_state_dict, sizes_from_state
 
     cfg = load_config(config_file, [*opts, "MODEL.PRETRAIN_CHOICE", "none"])
     raw = safe_load(source)
-    state = strip_prefixes(raw.get("state_dict", raw) if isinstance(raw.get("state_dict"), dict) else raw)
-    if raw.get("format") == FORMAT or not is_original_layout(state):
+    converted, _, original = project_state_dict(raw, source)
+    if raw.get("format") == FORMAT or not original:
         raise CheckpointError(f"{source}: not a checkpoint of the original TOP-ReID code (already converted, or "
                               "another model?)")
-    converted, _ = convert_original_state_dict(state)
     num_classes, cameras = sizes_from_state(converted, source)
-    model = make_model(cfg, num_classes, cameras)
-    load_model_weights(model, state, source=source)  # strict: raises when the config does not match
-    save_checkpoint(output, {"format": FORMAT, "model": model.state_dict(), "config": cfg.dump(),
-                             "source": os.path.abspath(source)})
+    model = build_model(cfg, num_classes, cameras)
+    load_model_weights(model, raw, source=source)  # strict: raises when the config does not match
+    save_checkpoint(output, model_payload(model, cfg, num_classes, cameras, source=os.path.abspath(source)))
     logger.info("wrote %s (%d identities, %d cameras, heads %s)", output, num_classes, cameras,
                 ", ".join(model.heads))
 

@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from modeling import make_model
+    from modeling import build_model
 
-    model = make_model(cfg, args.num_classes, args.cameras)
+    model = build_model(cfg, args.num_classes, args.cameras)
     height, width = cfg.INPUT.SIZE_TRAIN
     print(f"{cfg.MODEL.TRANSFORMER_TYPE}, spectra {'/'.join(model.spectra)}, input {height}x{width}, "
           f"{args.num_classes} classes, {args.cameras} cameras; GFLOPs per image")

@@ -32,16 +32,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from data.build import build_query_gallery  # noqa: E402
+from processor.predictor import Predictor  # noqa: E402
 from tools.common import (  # noqa: E402
     ToolError,
-    available_spectra,
-    load_model,
     output_path,
     parse_tool_args,
-    records_loader,
     run_tool,
     single_setting,
-    test_records,
     tool_config,
     tool_parser,
 )
@@ -101,14 +99,13 @@ def run(args: argparse.Namespace) -> float:
     setting = single_setting(cfg)
     if args.check_images < 1:
         raise ToolError(f"--check-images {args.check_images}: must be 1 or more")
-    loaded = load_model(cfg, device="cpu")  # exported and checked on CPU
-    spectra = available_spectra(loaded, setting)
-    missing = missing_spectra(setting) & set(loaded.spectra)
-    extractor = FeatureExtractor(loaded.model, spectra, missing).eval()
+    predictor = Predictor.from_config(cfg, device="cpu")  # exported and checked on CPU
+    spectra = predictor.available_spectra(setting)
+    missing = missing_spectra(setting) & set(predictor.spectra)
+    extractor = FeatureExtractor(predictor.model, spectra, missing).eval()
 
-    records, _, _ = test_records(cfg)
-    check = records[:args.check_images]
-    batches = list(records_loader(cfg, check, spectra))
+    check = build_query_gallery(cfg).records[:args.check_images]
+    batches = list(predictor.loader(check, spectra))
     images = {s: torch.cat([b["images"][s] for b in batches]) for s in spectra}
     camids = torch.cat([b["camid"] for b in batches])
     example = [images[s][:TRACE_BATCH] for s in spectra] + [camids[:TRACE_BATCH]]
@@ -122,7 +119,7 @@ def run(args: argparse.Namespace) -> float:
     logger.info("wrote %s; onnxruntime vs PyTorch on %d test images: max abs difference %.3e (feature values up "
                 "to %.3g)", path, len(check), diff, float(np.abs(reference).max()))
     write_json(os.path.splitext(path)[0] + ".json", {
-        "onnx": os.path.abspath(path), "checkpoint": loaded.checkpoint, "setting": setting, "inputs": graph_inputs,
+        "onnx": os.path.abspath(path), "checkpoint": predictor.checkpoint, "setting": setting, "inputs": graph_inputs,
         "output": "feature", "feature_dim": int(reference.shape[1]), "input_size": list(cfg.INPUT.SIZE_TEST),
         "check_images": len(check), "max_abs_diff": diff, "opset": args.opset})
     if not diff <= args.atol:

@@ -30,12 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from yacs.config import CfgNode  # noqa: E402
 
-from data.datasets.base import DatasetError, Record, paired_names, require_dir, require_nonempty  # noqa: E402
+from data.datasets.base import Record  # noqa: E402
+from data.datasets.folder import folder_records  # noqa: E402
+from processor.predictor import Predictor  # noqa: E402
 from tools.common import (  # noqa: E402
-    LoadedModel,
     ToolError,
-    feature_batches,
-    load_model,
     normalize_if,
     output_path,
     parse_tool_args,
@@ -83,59 +82,35 @@ def split_samples(cfg: CfgNode, split: str) -> Samples:
                    f"{cfg.DATASETS.NAMES}/{split}")
 
 
-def parse_labels(name: str) -> tuple[int, int]:
-    """(pid, camid) of an RGBNT201-style file name, or (-1, -1)."""
-    from data.datasets.rgbnt201 import parse_name
-
-    try:
-        return parse_name(name, "")
-    except DatasetError:
-        return -1, -1
-
-
 def folder_samples(folder: str, spectra: Sequence[str], num_cameras: int) -> Samples:
-    """Records of a folder laid out like an RGBNT201 split (``<folder>/<spectrum>/<name>.jpg``). The camera id given
-    to the model is the parsed one when the model knows it, else 0."""
-    require_dir(folder, "--folder")
-    folders = {s: require_dir(os.path.join(folder, s), f"{s} sub-folder of --folder") for s in spectra}
-    names = paired_names(folders)
-    labels = [parse_labels(n) for n in names]
-    pids = np.array([p for p, _ in labels], dtype=np.int64)
-    camids = np.array([c for _, c in labels], dtype=np.int64)
-    known = (camids >= 0) & (camids < max(num_cameras, 1))
-    records = [Record({s: os.path.join(f, n) for s, f in folders.items()}, int(p), int(c) if ok else 0)
-               for n, p, c, ok in zip(names, pids, camids, known)]
-    require_nonempty(records, folders[spectra[0]])
-    if num_cameras > 1 and not known.all():
-        logger.warning("%d of %d images have no camera id the model knows (names not like 000028_cam3_0_02.jpg, or a "
-                       "camera beyond its %d): camera 0's embedding is used for them", int((~known).sum()),
-                       len(records), num_cameras)
+    """Records of a folder laid out like an RGBNT201 split (``<folder>/<spectrum>/<name>.jpg``)."""
+    records, pids, camids = folder_records(folder, spectra, num_cameras)
     return Samples(records, pids, camids, os.path.abspath(folder))
 
 
-def samples_of(args: argparse.Namespace, cfg: CfgNode, loaded: LoadedModel) -> Samples:
+def samples_of(args: argparse.Namespace, cfg: CfgNode, predictor: Predictor) -> Samples:
     if args.folder:
-        return folder_samples(args.folder, loaded.spectra, loaded.num_cameras)
+        return folder_samples(args.folder, predictor.spectra, predictor.num_cameras)
     return split_samples(cfg, args.split)
 
 
-def features_in_memory(loaded: LoadedModel, cfg: CfgNode, records: Sequence[Record], setting: str,
+def features_in_memory(predictor: Predictor, records: Sequence[Record], setting: str,
                        dtype: type = np.float32) -> np.ndarray:
     """[N, F] features (normalised when TEST.FEAT_NORM) as a numpy array of ``dtype``."""
-    parts = [normalize_if(f, cfg.TEST.FEAT_NORM).numpy().astype(dtype) for f in
-             feature_batches(loaded, cfg, records, setting)]
+    parts = [normalize_if(f[setting], predictor.cfg.TEST.FEAT_NORM).numpy().astype(dtype) for f in
+             predictor.feature_batches(records, [setting])]
     return np.concatenate(parts)
 
 
-def write_npy_streaming(path: str, loaded: LoadedModel, cfg: CfgNode, records: Sequence[Record], setting: str,
+def write_npy_streaming(path: str, predictor: Predictor, records: Sequence[Record], setting: str,
                         dtype: type) -> tuple[int, int]:
     """Features batch by batch into a memory-mapped ``.npy`` (written to a temporary name, then renamed)."""
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{os.getpid()}.npy")
     out = None
     try:
         start = 0
-        for feats in feature_batches(loaded, cfg, records, setting):
-            feats = normalize_if(feats, cfg.TEST.FEAT_NORM).numpy()
+        for batch in predictor.feature_batches(records, [setting]):
+            feats = normalize_if(batch[setting], predictor.cfg.TEST.FEAT_NORM).numpy()
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(records), feats.shape[1]))
             out[start:start + len(feats)] = feats
@@ -162,8 +137,8 @@ def run(args: argparse.Namespace) -> str:
     setting = single_setting(cfg)
     if not args.split and not args.folder:
         raise ToolError("give --split query|gallery|train or --folder DIR")
-    loaded = load_model(cfg)
-    samples = samples_of(args, cfg, loaded)
+    predictor = Predictor.from_config(cfg)
+    samples = samples_of(args, cfg, predictor)
     tag = args.split or os.path.basename(os.path.normpath(args.folder))
     path = output_path(cfg, args.output, f"features_{tag}_{setting}.npz")
     if not path.endswith((".npz", ".npy")):
@@ -172,12 +147,12 @@ def run(args: argparse.Namespace) -> str:
     names = np.array([r.name for r in samples.records])
     meta = {"names": names, "pids": samples.pids, "camids": samples.camids, "setting": np.array(setting),
             "normalized": np.array(bool(cfg.TEST.FEAT_NORM)), "source": np.array(samples.source),
-            "checkpoint": np.array(loaded.checkpoint)}
+            "checkpoint": np.array(predictor.checkpoint)}
     if path.endswith(".npy"):
-        shape = write_npy_streaming(path, loaded, cfg, samples.records, setting, dtype)
+        shape = write_npy_streaming(path, predictor, samples.records, setting, dtype)
         write_npz(labels_path(path), **meta)
     else:
-        features = features_in_memory(loaded, cfg, samples.records, setting, dtype)
+        features = features_in_memory(predictor, samples.records, setting, dtype)
         shape = features.shape
         write_npz(path, features=features, **meta)
     logger.info("wrote %s: %d x %d %s features of %s (setting %s)", path, shape[0], shape[1], args.dtype,

@@ -32,19 +32,17 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from torch import nn  # noqa: E402
 
+from data.build import build_query_gallery  # noqa: E402
+from processor.predictor import Predictor  # noqa: E402
 from tools.common import (  # noqa: E402
-    available_spectra,
     check_indices,
     font,
-    load_model,
     output_path,
     parse_tool_args,
     record_images,
-    records_loader,
     run_tool,
     save_png,
     single_setting,
-    test_records,
     tile_size,
     tool_config,
     tool_parser,
@@ -168,27 +166,28 @@ def run(args: argparse.Namespace) -> str:
     cfg = tool_config(args)
     setting = single_setting(cfg)
     tile = tile_size(cfg, args.tile_height)
-    records, num_query, _ = test_records(cfg)
+    split = build_query_gallery(cfg)
+    records, num_query = split.records, split.num_query
     where = f"query + gallery of {cfg.DATASETS.NAMES}"
     check_indices(args.samples, len(records), "sample", where)
     if args.reference is not None:
         check_indices([args.reference], len(records), "reference", where)
-    loaded = load_model(cfg)
-    spectra = available_spectra(loaded, setting)
-    missing = missing_spectra(setting) & set(loaded.spectra)
+    predictor = Predictor.from_config(cfg)
+    spectra = predictor.available_spectra(setting)
+    missing = missing_spectra(setting) & set(predictor.spectra)
     chosen = [records[i] for i in args.samples]
-    batches = list(records_loader(cfg, chosen, spectra))
-    images = {s: torch.cat([b["images"][s] for b in batches]).to(loaded.device) for s in spectra}
-    cams = torch.cat([b["camid"] for b in batches]).to(loaded.device)
+    batches = list(predictor.loader(chosen, spectra))
+    images = {s: torch.cat([b["images"][s] for b in batches]).to(predictor.device) for s in spectra}
+    cams = torch.cat([b["camid"] for b in batches]).to(predictor.device)
     with torch.no_grad():
         if args.reference is None:
-            reference = loaded.model(images, cams, missing)
+            reference = predictor.model(images, cams, missing)
         else:
-            ref = next(iter(records_loader(cfg, [records[args.reference]], spectra)))
-            reference = loaded.model({s: x.to(loaded.device) for s, x in ref["images"].items()},
-                                     ref["camid"].to(loaded.device), missing).expand(len(chosen), -1)
+            ref = next(iter(predictor.loader([records[args.reference]], spectra)))
+            reference = predictor.model({s: x.to(predictor.device) for s, x in ref["images"].items()},
+                                        ref["camid"].to(predictor.device), missing).expand(len(chosen), -1)
     directions = torch.nn.functional.normalize(reference.float(), dim=1)
-    maps = grad_cam_maps(loaded.model, images, cams, missing, directions)
+    maps = grad_cam_maps(predictor.model, images, cams, missing, directions)
 
     rows = []
     for k, (index, record) in enumerate(zip(args.samples, chosen)):

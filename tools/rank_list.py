@@ -28,22 +28,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from data.build import build_query_gallery  # noqa: E402
 from data.datasets.base import Record  # noqa: E402
+from processor.predictor import Predictor  # noqa: E402
 from tools.common import (  # noqa: E402
     ToolError,
     check_indices,
     dimmed,
     font,
-    load_model,
     normalize_if,
     output_path,
     parse_tool_args,
-    record_features,
     record_images,
     run_tool,
     save_png,
     single_setting,
-    test_records,
     tile_size,
     tool_config,
     tool_parser,
@@ -132,16 +131,17 @@ def run(args: argparse.Namespace) -> str:
     if args.topk < 1:
         raise ToolError(f"--topk {args.topk}: must be 1 or more")
     tile = tile_size(cfg, args.tile_height)
-    records, num_query, junk_key = test_records(cfg)
+    split = build_query_gallery(cfg)
+    records, num_query, junk_key = split.records, split.num_query, split.junk_key
     queries = choose_queries(args.queries, num_query, args.num_queries, args.seed)
-    loaded = load_model(cfg)
-    feats = normalize_if(record_features(loaded, cfg, records, setting), cfg.TEST.FEAT_NORM)
+    predictor = Predictor.from_config(cfg)
+    feats = normalize_if(predictor.record_features(records, [setting])[setting], cfg.TEST.FEAT_NORM)
     qf, gf = feats[:num_query], feats[num_query:]
     gallery = records[num_query:]
     g_pids = np.array([r.pid for r in gallery])
     g_groups = np.array([getattr(r, junk_key) for r in gallery])
 
-    spectra = list(loaded.spectra)
+    spectra = list(predictor.spectra)
     missing = missing_spectra(setting) & set(spectra)
     layout = Layout(len(spectra), tile, args.topk, len(queries))
     picture = Image.new("RGB", (layout.width, layout.height), BACKGROUND)

@@ -36,9 +36,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from data.datasets.folder import folder_records  # noqa: E402
+from processor.predictor import Predictor  # noqa: E402
 from tools.common import (  # noqa: E402
     ToolError,
-    load_model,
+    normalize_if,
     output_path,
     parse_tool_args,
     run_tool,
@@ -171,14 +173,12 @@ def query_features(args: argparse.Namespace) -> tuple[torch.Tensor, list[str]]:
     if args.query_npz:
         query = load_npz(args.query_npz)
         return torch.from_numpy(np.asarray(query.features, dtype=np.float32)), query.names
-    from tools.extract_features import features_in_memory, folder_samples
-
     cfg = tool_config(args)
     setting = single_setting(cfg)
-    loaded = load_model(cfg)
-    samples = folder_samples(args.folder, loaded.spectra, loaded.num_cameras)
-    features = features_in_memory(loaded, cfg, samples.records, setting)
-    return torch.from_numpy(features), [r.name for r in samples.records]
+    predictor = Predictor.from_config(cfg)
+    records, _, _ = folder_records(args.folder, predictor.spectra, predictor.num_cameras)
+    features = predictor.record_features(records, [setting])[setting]
+    return normalize_if(features, cfg.TEST.FEAT_NORM), [r.name for r in records]
 
 
 def write_matches(path: str, query_names: list[str], gallery: FeatureSet, dist: torch.Tensor, index: torch.Tensor,

@@ -20,19 +20,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from data.build import build_query_gallery  # noqa: E402
+from data.datasets.base import unique_records  # noqa: E402
+from processor.predictor import Predictor  # noqa: E402
 from tools.common import (  # noqa: E402
     ToolError,
-    load_model,
     normalize_if,
     output_path,
     parse_tool_args,
-    record_features,
     run_tool,
     single_setting,
-    test_records,
     tool_config,
     tool_parser,
-    unique_records,
 )
 
 logger = logging.getLogger("tools.tsne")
@@ -119,13 +118,12 @@ def run(args: argparse.Namespace) -> str:
     setting = single_setting(cfg)
     if args.size < 200:
         raise ToolError(f"--size {args.size}: 200 pixels or more")
-    records, _, _ = test_records(cfg)
-    records = unique_records(records)
+    records = unique_records(build_query_gallery(cfg).records)
     keep = choose_identities(np.array([r.pid for r in records]), args.max_ids, args.seed)
     kept = set(keep.tolist())
     records = [r for r in records if r.pid in kept]
-    loaded = load_model(cfg)
-    feats = normalize_if(record_features(loaded, cfg, records, setting), cfg.TEST.FEAT_NORM).numpy()
+    predictor = Predictor.from_config(cfg)
+    feats = normalize_if(predictor.record_features(records, [setting])[setting], cfg.TEST.FEAT_NORM).numpy()
     points = embed(feats, args.perplexity, args.seed)
     path = output_path(cfg, args.output, f"tsne_{setting}.png")
     title = (f"t-SNE of {len(records)} test samples of {len(keep)} identities, {SETTING_LABELS[setting]} "

@@ -44,3 +44,8 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"MODEL.DEVICE = {name!r} but CUDA is not available; use 'auto' or 'cpu'")
     return device
+
+
+def amp_dtype(name: str) -> torch.dtype:
+    """SOLVER.AMP_DTYPE (``bf16`` or ``fp16``) as a torch dtype."""
+    return torch.bfloat16 if name == "bf16" else torch.float16

@@ -97,6 +97,23 @@ class ReIDDataset:
 # ----------------------------------------------------------------------------------------------------------------------
 # Helpers shared by the readers: every failure names the path.
 
+def record_key(record: Record) -> tuple:
+    """Identity of a sample on disk (RGBNT201's query and gallery list the same files)."""
+    return tuple(sorted(record.paths.items())), record.stitched
+
+
+def unique_records(records: Sequence[Record]) -> list[Record]:
+    """``records`` without repeats of the same sample, in first-seen order."""
+    seen: set[tuple] = set()
+    out = []
+    for record in records:
+        key = record_key(record)
+        if key not in seen:
+            seen.add(key)
+            out.append(record)
+    return out
+
+
 def require_dir(path: str, what: str) -> str:
     if not os.path.isdir(path):
         raise DatasetError(f"{what} not found: {path}")

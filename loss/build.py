@@ -60,7 +60,7 @@ class ReIDLoss(nn.Module):
         return total, terms
 
 
-def make_loss(cfg: CfgNode, num_classes: int) -> ReIDLoss:
+def build_loss(cfg: CfgNode, num_classes: int) -> ReIDLoss:
     """The loss from MODEL.IF_LABELSMOOTH, MODEL.LABEL_SMOOTH, MODEL.NO_MARGIN, SOLVER.MARGIN and the weights
     MODEL.ID_LOSS_WEIGHT, MODEL.TRIPLET_LOSS_WEIGHT, MODEL.CRM_LOSS_WEIGHT."""
     epsilon = float(cfg.MODEL.LABEL_SMOOTH) if cfg.MODEL.IF_LABELSMOOTH else 0.0
