@@ -84,7 +84,10 @@ def _merge(cfg: CN, tree: dict, source: str) -> None:
         raise ConfigError(f"{source}: {err}") from None
 
 
-def merge_file(cfg: CN, config_file: str) -> None:
+BASE_KEY = "_BASE_"
+
+
+def _read_yaml(config_file: str) -> dict:
     if not os.path.isfile(config_file):
         raise ConfigError(f"config file not found: {config_file}")
     with open(config_file) as f:
@@ -94,6 +97,23 @@ def merge_file(cfg: CN, config_file: str) -> None:
             raise ConfigError(f"{config_file}: not valid YAML: {err}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{config_file}: expected a mapping of config sections")
+    return tree
+
+
+def merge_file(cfg: CN, config_file: str, _chain: tuple[str, ...] = ()) -> None:
+    """Merge a YAML file; a top-level ``_BASE_: path`` (relative to the file) is merged first, recursively."""
+    tree = _read_yaml(config_file)
+    base = tree.pop(BASE_KEY, None)
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{config_file}: {BASE_KEY} must be the path of a YAML file; got {base!r}")
+        chain = (*_chain, os.path.realpath(config_file))
+        base_file = os.path.normpath(os.path.join(os.path.dirname(config_file), base))
+        if not os.path.isfile(base_file):
+            raise ConfigError(f"{config_file}: {BASE_KEY} file not found: {base_file}")
+        if os.path.realpath(base_file) in chain:
+            raise ConfigError(f"{config_file}: {BASE_KEY} cycle: {base_file} is already being merged")
+        merge_file(cfg, base_file, chain)
     _merge(cfg, tree, config_file)
 
 

@@ -124,3 +124,50 @@ def test_saved_config_loads_back(tmp_path):
 def test_type_mismatch_names_the_key():
     with pytest.raises(ConfigError, match=r"SOLVER\.MAX_EPOCHS"):
         load_config(None, ["SOLVER.MAX_EPOCHS", "1.5"])
+
+
+# The data-set files as they were before `_BASE_` (flat, revision 407a8f3), kept verbatim as the oracle.
+FLAT = {path: f"tests/data/configs_flat/{path.split('/')[1]}.yml" for path in CONFIGS}
+
+
+def _leaves(node, prefix=""):
+    for name, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_base_inheritance_resolves_as_the_flat_files(path):
+    new, old = load_config(path), load_config(FLAT[path])
+    new_leaves, old_leaves = dict(_leaves(new)), dict(_leaves(old))
+    changed = {k: (old_leaves[k], v) for k, v in new_leaves.items() if v != old_leaves[k]}
+    assert new_leaves.keys() == old_leaves.keys()
+    assert changed == {}
+    assert new.dump() == old.dump()
+
+
+def test_base_is_merged_first_and_relative_to_the_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yml").write_text("SOLVER:\n  BASE_LR: 0.5\n  MAX_EPOCHS: 7\n")
+    (tmp_path / "mid.yml").write_text("_BASE_: root.yml\nSOLVER:\n  MAX_EPOCHS: 9\nTEST:\n  MISS: 'r'\n")
+    (tmp_path / "sub" / "leaf.yml").write_text("_BASE_: ../mid.yml\nTEST:\n  MISS: 'rn'\n")
+    cfg = load_config(str(tmp_path / "sub" / "leaf.yml"), ["SOLVER.BASE_LR", "0.25"])
+    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_EPOCHS, cfg.TEST.MISS) == (0.25, 9, "rn")
+
+
+def test_base_cycle_and_missing_base_name_the_file(tmp_path):
+    (tmp_path / "a.yml").write_text("_BASE_: b.yml\n")
+    (tmp_path / "b.yml").write_text("_BASE_: a.yml\n")
+    with pytest.raises(ConfigError, match=r"b\.yml.*cycle"):
+        load_config(str(tmp_path / "a.yml"))
+    (tmp_path / "self.yml").write_text("_BASE_: self.yml\n")
+    with pytest.raises(ConfigError, match=r"self\.yml.*cycle"):
+        load_config(str(tmp_path / "self.yml"))
+    (tmp_path / "orphan.yml").write_text("_BASE_: gone/base.yml\n")
+    with pytest.raises(ConfigError, match=r"orphan\.yml.*gone/base\.yml"):
+        load_config(str(tmp_path / "orphan.yml"))
+    (tmp_path / "bad_base.yml").write_text("_BASE_: [a.yml]\n")
+    with pytest.raises(ConfigError, match=r"bad_base\.yml.*_BASE_"):
+        load_config(str(tmp_path / "bad_base.yml"))
