@@ -21,7 +21,7 @@ def test_shipped_configs_load(path):
 
 def test_published_settings():
     c201, c100, msvr = (load_config(p) for p in CONFIGS[:3])
-    assert (c201.SOLVER.BASE_LR, c201.SOLVER.WARMUP_ITERS, c201.MODEL.DIRECT) == (0.009, 10, True)
+    assert (c201.SOLVER.BASE_LR, c201.SOLVER.WARMUP_ITERS, c201.MODEL.DIRECT) == (0.009, 10, False)  # the log's run
     assert (c100.SOLVER.BASE_LR, c100.SOLVER.WARMUP_ITERS, c100.MODEL.DIRECT) == (0.009, 10, False)
     assert (msvr.SOLVER.MAX_EPOCHS, msvr.SOLVER.BASE_LR, msvr.SOLVER.WARMUP_ITERS, msvr.MODEL.DIRECT) == \
         (1000, 0.001, 100, False)
@@ -144,7 +144,12 @@ def test_base_inheritance_resolves_as_the_flat_files(path):
     new_leaves, old_leaves = dict(_leaves(new)), dict(_leaves(old))
     changed = {k: (old_leaves[k], v) for k, v in new_leaves.items() if v != old_leaves[k]}
     assert new_leaves.keys() == old_leaves.keys()
-    assert changed == {}
+    if path == "configs/RGBNT201/TOP-ReID.yml":
+        # The one intended difference: the shipped file follows the published run's log, not the released YAML.
+        assert changed == {"MODEL.DIRECT": (True, False)}
+        old = load_config(FLAT[path], ["MODEL.DIRECT", "False"])
+    else:
+        assert changed == {}
     assert new.dump() == old.dump()
 
 
