@@ -1,22 +1,21 @@
 """Loading, merging and validating configurations.
 
-`load_config(config_file, opts)` is the one way the entry points build a config: defaults, then the YAML file, then
-``KEY VALUE`` pairs from the command line, then validation. Spellings of the original code are accepted while
-merging: ``'yes'``/``'no'``/``'on'``/``'off'`` and 0/1 for booleans, integers for floats.
+`load_config(config_file, opts)` is the one way the entry points build a config: defaults, then the YAML file (after
+the file it names as ``_BASE_``, recursively), then ``KEY VALUE`` pairs from the command line, then validation.
+Spellings of the original code are accepted while merging: ``'yes'``/``'no'``/``'on'``/``'off'`` and 0/1 for booleans,
+integers for floats.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 from yacs.config import CfgNode as CN
 
-from configs.defaults import get_cfg_defaults
-from utils.spectra import MISS_SETTINGS, SPECTRA
+from configs.defaults import RULES, get_cfg_defaults
 
 
 class ConfigError(ValueError):
@@ -131,135 +130,11 @@ def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Validation: every enumerated value and numeric range, each error naming the key.
+# Validation: the rule of each key stands beside its default (configs/defaults.py); the checks that relate two keys
+# are in validate(). Every error names the key.
 
-def _one_of(*allowed: str) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        return None if isinstance(v, str) and v in allowed else f"is not one of: {', '.join(allowed)}"
-
-    check.allowed = allowed  # type: ignore[attr-defined]
-    return check
-
-
-def _number(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
-            integer: bool = False) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-            return f"must be {'an integer' if integer else 'a number'}"
-        if v != v:  # NaN
-            return "must not be NaN"
-        if lo is not None and (v < lo or (lo_open and v == lo)):
-            return f"must be {'>' if lo_open else '>='} {lo}"
-        if hi is not None and (v > hi or (hi_open and v == hi)):
-            return f"must be {'<' if hi_open else '<='} {hi}"
-        return None
-
-    check.bounds = (lo, hi, lo_open, hi_open, integer)  # type: ignore[attr-defined]
-    return check
-
-
-def _pair(lo: int, hi: int | None = None) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
-                                                                        for x in v)):
-            return "must be a list of two integers"
-        if any(x < lo or (hi is not None and x > hi) for x in v):
-            return f"values must be in [{lo}, {hi if hi is not None else 'inf'}]"
-        return None
-
-    return check
-
-
-def _triple_positive(v: Any) -> str | None:
-    if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
-        return "must be a list of three numbers"
-    return None
-
-
-def _spectra(v: Any) -> str | None:
-    if not isinstance(v, (list, tuple)) or not v:
-        return f"must be a non-empty list of spectra from: {', '.join(SPECTRA)}"
-    bad = [s for s in v if s not in SPECTRA]
-    if bad:
-        return f"has unknown spectra {bad}; allowed: {', '.join(SPECTRA)}"
-    if len(set(v)) != len(v):
-        return "lists a spectrum twice"
-    return None
-
-
-def _device(v: Any) -> str | None:
-    return None if isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) else \
-        "is not one of: auto, cpu, cuda, cuda:N"
-
-
-def _backbone(v: Any) -> str | None:
-    from modeling.backbones import backbone_names_hint, is_known_backbone
-
-    return None if is_known_backbone(v) else f"is not a known backbone ({backbone_names_hint()})"
-
-
-def _dataset(v: Any) -> str | None:
-    from data.datasets import dataset_names
-
-    return None if v in dataset_names() else f"is not one of: {', '.join(dataset_names())}"
-
-
-_RULES: dict[str, Callable[[Any], str | None]] = {
-    "MODEL.DEVICE": _device,
-    "MODEL.TRANSFORMER_TYPE": _backbone,
-    "MODEL.PRETRAIN_CHOICE": _one_of("imagenet", "none"),
-    "MODEL.STRIDE_SIZE": _pair(1, 16),
-    "MODEL.SIE_COE": _number(0.0),
-    "MODEL.DROP_PATH": _number(0.0, 1.0, hi_open=True),
-    "MODEL.DROP_OUT": _number(0.0, 1.0, hi_open=True),
-    "MODEL.ATT_DROP_RATE": _number(0.0, 1.0, hi_open=True),
-    "MODEL.SPECTRA": _spectra,
-    "MODEL.RE_LAYER": _number(1, integer=True),
-    "MODEL.TPM_HEADS": _number(0, integer=True),
-    "MODEL.NECK": _one_of("bnneck"),
-    "MODEL.ID_LOSS_TYPE": _one_of("softmax"),
-    "MODEL.METRIC_LOSS_TYPE": _one_of("triplet"),
-    "MODEL.ID_LOSS_WEIGHT": _number(0.0),
-    "MODEL.TRIPLET_LOSS_WEIGHT": _number(0.0),
-    "MODEL.CRM_LOSS_WEIGHT": _number(0.0),
-    "MODEL.LABEL_SMOOTH": _number(0.0, 1.0, hi_open=True),
-    "INPUT.SIZE_TRAIN": _pair(16),
-    "INPUT.SIZE_TEST": _pair(16),
-    "INPUT.PROB": _number(0.0, 1.0),
-    "INPUT.RE_PROB": _number(0.0, 1.0),
-    "INPUT.PIXEL_MEAN": _triple_positive,
-    "INPUT.PIXEL_STD": _triple_positive,
-    "INPUT.PADDING": _number(0, integer=True),
-    "DATASETS.NAMES": _dataset,
-    "DATALOADER.SAMPLER": _one_of("softmax_triplet", "softmax"),
-    "DATALOADER.NUM_INSTANCE": _number(1, integer=True),
-    "DATALOADER.NUM_WORKERS": _number(0, integer=True),
-    "SOLVER.OPTIMIZER_NAME": _one_of("SGD", "AdamW"),
-    "SOLVER.MAX_EPOCHS": _number(1, integer=True),
-    "SOLVER.BASE_LR": _number(0.0, lo_open=True),
-    "SOLVER.BIAS_LR_FACTOR": _number(0.0, lo_open=True),
-    "SOLVER.MOMENTUM": _number(0.0, 1.0, hi_open=True),
-    "SOLVER.MARGIN": _number(0.0),
-    "SOLVER.WEIGHT_DECAY": _number(0.0),
-    "SOLVER.WEIGHT_DECAY_BIAS": _number(0.0),
-    "SOLVER.SCHEDULER": _one_of("cosine"),
-    "SOLVER.WARMUP_ITERS": _number(0, integer=True),
-    "SOLVER.WARMUP_FACTOR": _number(0.0, 1.0, lo_open=True),
-    "SOLVER.WARMUP_METHOD": _one_of("linear"),
-    "SOLVER.MIN_LR_FACTOR": _number(0.0, 1.0),
-    "SOLVER.SEED": _number(0, integer=True),
-    "SOLVER.IMS_PER_BATCH": _number(1, integer=True),
-    "SOLVER.CHECKPOINT_PERIOD": _number(0, integer=True),
-    "SOLVER.LOG_PERIOD": _number(1, integer=True),
-    "SOLVER.EVAL_PERIOD": _number(0, integer=True),
-    "SOLVER.AMP_DTYPE": _one_of("fp16", "bf16"),
-    "SOLVER.GRAD_CLIP": _number(0.0),
-    "TEST.IMS_PER_BATCH": _number(1, integer=True),
-    "TEST.NECK_FEAT": _one_of("before", "after"),
-    "TEST.MISS": _one_of(*MISS_SETTINGS, "all"),
-}
-
-VALIDATED_KEYS: tuple[str, ...] = tuple(_RULES)
+_RULES = RULES  # the name tests/test_config.py imports
+VALIDATED_KEYS: tuple[str, ...] = tuple(RULES)
 
 
 def _get(cfg: CN, key: str) -> Any:
@@ -271,14 +146,11 @@ def _get(cfg: CN, key: str) -> Any:
 
 def validate(cfg: CN) -> None:
     """Raise ConfigError naming the first invalid key."""
-    for key, rule in _RULES.items():
+    for key, rule in RULES.items():
         value = _get(cfg, key)
         problem = rule(value)
         if problem:
             raise ConfigError(f"config key {key} = {value!r} {problem}")
-    for key in ("INPUT.PIXEL_STD",):
-        if any(x <= 0 for x in _get(cfg, key)):
-            raise ConfigError(f"config key {key} = {_get(cfg, key)!r} must be positive")
     if cfg.DATALOADER.SAMPLER == "softmax_triplet" and cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
         raise ConfigError(f"config key SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} must be divisible by "
                           f"DATALOADER.NUM_INSTANCE = {cfg.DATALOADER.NUM_INSTANCE}")
