@@ -8,6 +8,7 @@ integers for floats.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +16,10 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode as CN
 
+from configs.compat import REMOVED_KEYS
 from configs.defaults import RULES, get_cfg_defaults
+
+logger = logging.getLogger("configs")
 
 
 class ConfigError(ValueError):
@@ -47,21 +51,25 @@ def _type_name(v: Any) -> str:
     return type(v).__name__
 
 
-def _merge_tree(cfg: CN, node: dict, prefix: str = "") -> None:
-    """Merge ``node`` into ``cfg``: unknown keys and type mismatches are errors naming the key.
+def _merge_tree(cfg: CN, node: dict, ignored: list[str], prefix: str = "") -> None:
+    """Merge ``node`` into ``cfg``: unknown keys and type mismatches are errors naming the key; removed keys
+    (:data:`configs.compat.REMOVED_KEYS`) are skipped and appended to ``ignored``.
 
     yacs' own merge re-parses every string with ``literal_eval``, which turns a string value such as ``'0'`` for a
     string key into an int; here strings stay strings where the default is a string.
     """
     for name, value in node.items():
         key = f"{prefix}{name}"
+        if key in REMOVED_KEYS:
+            ignored.append(key)
+            continue
         if name not in cfg:
             raise ConfigError(f"unknown config key {key}")
         default = cfg[name]
         if isinstance(default, CN):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {key} is a section; got {value!r}")
-            _merge_tree(default, value, key + ".")
+            _merge_tree(default, value, ignored, key + ".")
             continue
         if isinstance(value, str) and not isinstance(default, str):
             value = CN._decode_cfg_value(value)
@@ -69,18 +77,20 @@ def _merge_tree(cfg: CN, node: dict, prefix: str = "") -> None:
         if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
             value = type(default)(value)
         elif isinstance(default, str) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)  # e.g. MODEL.DEVICE_ID 0
+            value = str(value)  # e.g. OUTPUT_DIR: 123 in a YAML file
         if type(value) is not type(default):
             raise ConfigError(f"config key {key} = {value!r} has type {_type_name(value)}, expected "
                               f"{_type_name(default)}")
         cfg[name] = value
 
 
-def _merge(cfg: CN, tree: dict, source: str) -> None:
+def _merge(cfg: CN, tree: dict, source: str) -> list[str]:
+    ignored: list[str] = []
     try:
-        _merge_tree(cfg, tree)
+        _merge_tree(cfg, tree, ignored)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
+    return [f"{key} ({source}; {REMOVED_KEYS[key]})" for key in ignored]
 
 
 BASE_KEY = "_BASE_"
@@ -99,10 +109,12 @@ def _read_yaml(config_file: str) -> dict:
     return tree
 
 
-def merge_file(cfg: CN, config_file: str, _chain: tuple[str, ...] = ()) -> None:
-    """Merge a YAML file; a top-level ``_BASE_: path`` (relative to the file) is merged first, recursively."""
+def merge_file(cfg: CN, config_file: str, _chain: tuple[str, ...] = ()) -> list[str]:
+    """Merge a YAML file; a top-level ``_BASE_: path`` (relative to the file) is merged first, recursively.
+    Returns the removed keys that were skipped, each with the file that set it."""
     tree = _read_yaml(config_file)
     base = tree.pop(BASE_KEY, None)
+    ignored: list[str] = []
     if base is not None:
         if not isinstance(base, str) or not base:
             raise ConfigError(f"{config_file}: {BASE_KEY} must be the path of a YAML file; got {base!r}")
@@ -112,11 +124,12 @@ def merge_file(cfg: CN, config_file: str, _chain: tuple[str, ...] = ()) -> None:
             raise ConfigError(f"{config_file}: {BASE_KEY} file not found: {base_file}")
         if os.path.realpath(base_file) in chain:
             raise ConfigError(f"{config_file}: {BASE_KEY} cycle: {base_file} is already being merged")
-        merge_file(cfg, base_file, chain)
-    _merge(cfg, tree, config_file)
+        ignored += merge_file(cfg, base_file, chain)
+    return ignored + _merge(cfg, tree, config_file)
 
 
-def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
+def merge_opts(cfg: CN, opts: Sequence[str]) -> list[str]:
+    """Merge ``KEY VALUE`` pairs; returns the removed keys that were skipped."""
     if len(opts) % 2:
         raise ConfigError(f"command-line options must be KEY VALUE pairs; got an odd list: {list(opts)}")
     tree: dict = {}
@@ -126,7 +139,7 @@ def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    _merge(cfg, tree, "command line")
+    return _merge(cfg, tree, "command line")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -162,10 +175,13 @@ def validate(cfg: CN) -> None:
 def load_config(config_file: str | None = None, opts: Sequence[str] = (), freeze: bool = True) -> CN:
     """Defaults <- YAML file <- command-line pairs, validated."""
     cfg = get_cfg_defaults()
+    ignored: list[str] = []
     if config_file:
-        merge_file(cfg, config_file)
+        ignored += merge_file(cfg, config_file)
     if opts:
-        merge_opts(cfg, opts)
+        ignored += merge_opts(cfg, opts)
+    if ignored:
+        logger.warning("ignored config keys that no longer exist, as nothing read them: %s", ", ".join(ignored))
     validate(cfg)
     if freeze:
         cfg.freeze()

@@ -1,6 +1,7 @@
 """Default configuration. Key names follow the original TOP-ReID / TransReID code so that its YAML files and
 command lines keep working; the values that were ``'yes'``/``'no'`` strings or 0/1 integers there are booleans here
-(the old spellings are still accepted when merging, see :mod:`configs.config`).
+(the old spellings are still accepted when merging, see :mod:`configs.config`). Keys of the original that nothing
+reads are not here; old configs that set them still load (:mod:`configs.compat`).
 
 Each validated key has its rule on the line after its default: ``RULES[key]`` returns ``None`` for a valid value,
 otherwise what is wrong with it (see :mod:`configs.rules`); :func:`configs.config.validate` applies them.
@@ -18,8 +19,6 @@ RULES: dict[str, Rule] = {}
 _C.MODEL = CN()
 _C.MODEL.DEVICE = "auto"  # auto | cpu | cuda | cuda:N
 RULES["MODEL.DEVICE"] = device
-_C.MODEL.DEVICE_ID = "0"  # kept for old configs; CUDA_VISIBLE_DEVICES is left to the user
-_C.MODEL.NAME = "TOPReID"
 _C.MODEL.TRANSFORMER_TYPE = "vit_base_patch16_224"  # any timm ViT/DeiT name, t2t_vit_t_14, t2t_vit_t_24
 RULES["MODEL.TRANSFORMER_TYPE"] = backbone
 _C.MODEL.PRETRAIN_CHOICE = "imagenet"
@@ -28,7 +27,6 @@ _C.MODEL.PRETRAIN_PATH_T = ""  # ImageNet weights shared by the three backbones
 _C.MODEL.STRIDE_SIZE = [16, 16]
 RULES["MODEL.STRIDE_SIZE"] = pair(1, 16)
 _C.MODEL.SIE_CAMERA = True
-_C.MODEL.SIE_VIEW = False  # not used by these data sets; kept so old configs merge
 _C.MODEL.SIE_COE = 3.0
 RULES["MODEL.SIE_COE"] = number(0.0)
 _C.MODEL.DROP_PATH = 0.1
@@ -46,25 +44,18 @@ RULES["MODEL.RE_LAYER"] = number(1, integer=True)
 _C.MODEL.DIRECT = True  # True: one head on the concatenated CLS tokens; False: one head per spectrum
 _C.MODEL.TPM_HEADS = 0  # attention heads of TPM and CRM; 0 = 12, or 8 for T2T backbones (as the original)
 RULES["MODEL.TPM_HEADS"] = number(0, integer=True)
-_C.MODEL.NECK = "bnneck"
-RULES["MODEL.NECK"] = one_of("bnneck")
-_C.MODEL.ID_LOSS_TYPE = "softmax"
-RULES["MODEL.ID_LOSS_TYPE"] = one_of("softmax")
 _C.MODEL.ID_LOSS_WEIGHT = 1.0
 RULES["MODEL.ID_LOSS_WEIGHT"] = number(0.0)
 _C.MODEL.TRIPLET_LOSS_WEIGHT = 1.0
 RULES["MODEL.TRIPLET_LOSS_WEIGHT"] = number(0.0)
 _C.MODEL.CRM_LOSS_WEIGHT = 1.0
 RULES["MODEL.CRM_LOSS_WEIGHT"] = number(0.0)
-_C.MODEL.METRIC_LOSS_TYPE = "triplet"
-RULES["MODEL.METRIC_LOSS_TYPE"] = one_of("triplet")
 _C.MODEL.IF_LABELSMOOTH = True
 _C.MODEL.LABEL_SMOOTH = 0.1
 RULES["MODEL.LABEL_SMOOTH"] = number(0.0, 1.0, hi_open=True)
 _C.MODEL.NO_MARGIN = True  # soft-margin triplet; False uses SOLVER.MARGIN
 _C.MODEL.GRAD_CHECKPOINT = False  # activation checkpointing in the backbones
 _C.MODEL.COMPILE = False  # torch.compile the model
-_C.MODEL.DIST_TRAIN = False  # set automatically under torchrun
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.INPUT = CN()
@@ -127,8 +118,6 @@ _C.SOLVER.WARMUP_ITERS = 10  # warm-up epochs (the original's name)
 RULES["SOLVER.WARMUP_ITERS"] = number(0, integer=True)
 _C.SOLVER.WARMUP_FACTOR = 0.01
 RULES["SOLVER.WARMUP_FACTOR"] = number(0.0, 1.0, lo_open=True)
-_C.SOLVER.WARMUP_METHOD = "linear"
-RULES["SOLVER.WARMUP_METHOD"] = one_of("linear")
 _C.SOLVER.MIN_LR_FACTOR = 0.001
 RULES["SOLVER.MIN_LR_FACTOR"] = number(0.0, 1.0)
 _C.SOLVER.SEED = 1111

@@ -114,9 +114,9 @@ def test_defaults_are_valid():
 def test_saved_config_loads_back(tmp_path):
     from configs import save_config
 
-    cfg = load_config("configs/RGBNT201/TOP-ReID.yml", ["MODEL.DEVICE_ID", "0", "OUTPUT_DIR", "123",
+    cfg = load_config("configs/RGBNT201/TOP-ReID.yml", ["TEST.WEIGHT", "0", "OUTPUT_DIR", "123",
                                                          "MODEL.STRIDE_SIZE", "[12,12]"])
-    assert cfg.MODEL.DEVICE_ID == "0" and cfg.OUTPUT_DIR == "123" and list(cfg.MODEL.STRIDE_SIZE) == [12, 12]
+    assert cfg.TEST.WEIGHT == "0" and cfg.OUTPUT_DIR == "123" and list(cfg.MODEL.STRIDE_SIZE) == [12, 12]
     save_config(cfg, str(tmp_path / "config.yaml"))
     assert load_config(str(tmp_path / "config.yaml")) == cfg
 
@@ -176,3 +176,35 @@ def test_base_cycle_and_missing_base_name_the_file(tmp_path):
     (tmp_path / "bad_base.yml").write_text("_BASE_: [a.yml]\n")
     with pytest.raises(ConfigError, match=r"bad_base\.yml.*_BASE_"):
         load_config(str(tmp_path / "bad_base.yml"))
+
+
+def test_removed_keys_load_with_one_warning(tmp_path, caplog):
+    from configs.compat import REMOVED_KEYS
+
+    old = tmp_path / "old.yml"
+    old.write_text("MODEL:\n  NAME: 'transformer'\n  DEVICE_ID: '0'\n  NECK: 'bnneck'\n  ID_LOSS_TYPE: 'softmax'\n"
+                   "  METRIC_LOSS_TYPE: 'triplet'\n  SIE_VIEW: False\n  DIST_TRAIN: False\n  DIRECT: 0\n"
+                   "SOLVER:\n  WARMUP_METHOD: 'linear'\n  BASE_LR: 0.5\n")
+    with caplog.at_level("WARNING", logger="configs"):
+        cfg = load_config(str(old), ["MODEL.DEVICE_ID", "1"])
+    assert cfg.MODEL.DIRECT is False and cfg.SOLVER.BASE_LR == 0.5
+    warnings = [r for r in caplog.records if r.name == "configs" and r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    for key in REMOVED_KEYS:
+        section, leaf = key.split(".")
+        assert key in message and leaf not in cfg[section]
+    assert "old.yml" in message and "command line" in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="configs"):
+        load_config("configs/RGBNT201/TOP-ReID.yml")
+    assert not [r for r in caplog.records if r.name == "configs"]
+
+
+def test_a_key_that_never_existed_is_still_an_error(tmp_path):
+    typo = tmp_path / "typo.yml"
+    typo.write_text("MODEL:\n  NECK_TYPE: 'bnneck'\n")
+    with pytest.raises(ConfigError, match=r"typo\.yml.*unknown config key MODEL\.NECK_TYPE"):
+        load_config(str(typo))
+    with pytest.raises(ConfigError, match=r"unknown config key SOLVER\.WARMUP_METHODS"):
+        load_config(None, ["SOLVER.WARMUP_METHODS", "linear"])
