@@ -1,22 +1,25 @@
 """Loading, merging and validating configurations.
 
-`load_config(config_file, opts)` is the one way the entry points build a config: defaults, then the YAML file, then
-``KEY VALUE`` pairs from the command line, then validation. Spellings of the original code are accepted while
-merging: ``'yes'``/``'no'``/``'on'``/``'off'`` and 0/1 for booleans, integers for floats.
+`load_config(config_file, opts)` is the one way the entry points build a config: defaults, then the YAML file (after
+the file it names as ``_BASE_``, recursively), then ``KEY VALUE`` pairs from the command line, then validation.
+Spellings of the original code are accepted while merging: ``'yes'``/``'no'``/``'on'``/``'off'`` and 0/1 for booleans,
+integers for floats.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 from yacs.config import CfgNode as CN
 
-from configs.defaults import get_cfg_defaults
-from utils.spectra import MISS_SETTINGS, SPECTRA
+from configs.compat import REMOVED_KEYS
+from configs.defaults import RULES, get_cfg_defaults
+
+logger = logging.getLogger("configs")
 
 
 class ConfigError(ValueError):
@@ -48,21 +51,25 @@ def _type_name(v: Any) -> str:
     return type(v).__name__
 
 
-def _merge_tree(cfg: CN, node: dict, prefix: str = "") -> None:
-    """Merge ``node`` into ``cfg``: unknown keys and type mismatches are errors naming the key.
+def _merge_tree(cfg: CN, node: dict, ignored: list[str], prefix: str = "") -> None:
+    """Merge ``node`` into ``cfg``: unknown keys and type mismatches are errors naming the key; removed keys
+    (:data:`configs.compat.REMOVED_KEYS`) are skipped and appended to ``ignored``.
 
     yacs' own merge re-parses every string with ``literal_eval``, which turns a string value such as ``'0'`` for a
     string key into an int; here strings stay strings where the default is a string.
     """
     for name, value in node.items():
         key = f"{prefix}{name}"
+        if key in REMOVED_KEYS:
+            ignored.append(key)
+            continue
         if name not in cfg:
             raise ConfigError(f"unknown config key {key}")
         default = cfg[name]
         if isinstance(default, CN):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {key} is a section; got {value!r}")
-            _merge_tree(default, value, key + ".")
+            _merge_tree(default, value, ignored, key + ".")
             continue
         if isinstance(value, str) and not isinstance(default, str):
             value = CN._decode_cfg_value(value)
@@ -70,21 +77,26 @@ def _merge_tree(cfg: CN, node: dict, prefix: str = "") -> None:
         if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
             value = type(default)(value)
         elif isinstance(default, str) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)  # e.g. MODEL.DEVICE_ID 0
+            value = str(value)  # e.g. OUTPUT_DIR: 123 in a YAML file
         if type(value) is not type(default):
             raise ConfigError(f"config key {key} = {value!r} has type {_type_name(value)}, expected "
                               f"{_type_name(default)}")
         cfg[name] = value
 
 
-def _merge(cfg: CN, tree: dict, source: str) -> None:
+def _merge(cfg: CN, tree: dict, source: str) -> list[str]:
+    ignored: list[str] = []
     try:
-        _merge_tree(cfg, tree)
+        _merge_tree(cfg, tree, ignored)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
+    return [f"{key} ({source}; {REMOVED_KEYS[key]})" for key in ignored]
 
 
-def merge_file(cfg: CN, config_file: str) -> None:
+BASE_KEY = "_BASE_"
+
+
+def _read_yaml(config_file: str) -> dict:
     if not os.path.isfile(config_file):
         raise ConfigError(f"config file not found: {config_file}")
     with open(config_file) as f:
@@ -94,10 +106,30 @@ def merge_file(cfg: CN, config_file: str) -> None:
             raise ConfigError(f"{config_file}: not valid YAML: {err}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{config_file}: expected a mapping of config sections")
-    _merge(cfg, tree, config_file)
+    return tree
 
 
-def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
+def merge_file(cfg: CN, config_file: str, _chain: tuple[str, ...] = ()) -> list[str]:
+    """Merge a YAML file; a top-level ``_BASE_: path`` (relative to the file) is merged first, recursively.
+    Returns the removed keys that were skipped, each with the file that set it."""
+    tree = _read_yaml(config_file)
+    base = tree.pop(BASE_KEY, None)
+    ignored: list[str] = []
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{config_file}: {BASE_KEY} must be the path of a YAML file; got {base!r}")
+        chain = (*_chain, os.path.realpath(config_file))
+        base_file = os.path.normpath(os.path.join(os.path.dirname(config_file), base))
+        if not os.path.isfile(base_file):
+            raise ConfigError(f"{config_file}: {BASE_KEY} file not found: {base_file}")
+        if os.path.realpath(base_file) in chain:
+            raise ConfigError(f"{config_file}: {BASE_KEY} cycle: {base_file} is already being merged")
+        ignored += merge_file(cfg, base_file, chain)
+    return ignored + _merge(cfg, tree, config_file)
+
+
+def merge_opts(cfg: CN, opts: Sequence[str]) -> list[str]:
+    """Merge ``KEY VALUE`` pairs; returns the removed keys that were skipped."""
     if len(opts) % 2:
         raise ConfigError(f"command-line options must be KEY VALUE pairs; got an odd list: {list(opts)}")
     tree: dict = {}
@@ -107,139 +139,15 @@ def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    _merge(cfg, tree, "command line")
+    return _merge(cfg, tree, "command line")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Validation: every enumerated value and numeric range, each error naming the key.
+# Validation: the rule of each key stands beside its default (configs/defaults.py); the checks that relate two keys
+# are in validate(). Every error names the key.
 
-def _one_of(*allowed: str) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        return None if isinstance(v, str) and v in allowed else f"is not one of: {', '.join(allowed)}"
-
-    check.allowed = allowed  # type: ignore[attr-defined]
-    return check
-
-
-def _number(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
-            integer: bool = False) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-            return f"must be {'an integer' if integer else 'a number'}"
-        if v != v:  # NaN
-            return "must not be NaN"
-        if lo is not None and (v < lo or (lo_open and v == lo)):
-            return f"must be {'>' if lo_open else '>='} {lo}"
-        if hi is not None and (v > hi or (hi_open and v == hi)):
-            return f"must be {'<' if hi_open else '<='} {hi}"
-        return None
-
-    check.bounds = (lo, hi, lo_open, hi_open, integer)  # type: ignore[attr-defined]
-    return check
-
-
-def _pair(lo: int, hi: int | None = None) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
-                                                                        for x in v)):
-            return "must be a list of two integers"
-        if any(x < lo or (hi is not None and x > hi) for x in v):
-            return f"values must be in [{lo}, {hi if hi is not None else 'inf'}]"
-        return None
-
-    return check
-
-
-def _triple_positive(v: Any) -> str | None:
-    if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
-        return "must be a list of three numbers"
-    return None
-
-
-def _spectra(v: Any) -> str | None:
-    if not isinstance(v, (list, tuple)) or not v:
-        return f"must be a non-empty list of spectra from: {', '.join(SPECTRA)}"
-    bad = [s for s in v if s not in SPECTRA]
-    if bad:
-        return f"has unknown spectra {bad}; allowed: {', '.join(SPECTRA)}"
-    if len(set(v)) != len(v):
-        return "lists a spectrum twice"
-    return None
-
-
-def _device(v: Any) -> str | None:
-    return None if isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) else \
-        "is not one of: auto, cpu, cuda, cuda:N"
-
-
-def _backbone(v: Any) -> str | None:
-    from modeling.backbones import backbone_names_hint, is_known_backbone
-
-    return None if is_known_backbone(v) else f"is not a known backbone ({backbone_names_hint()})"
-
-
-def _dataset(v: Any) -> str | None:
-    from data.datasets import dataset_names
-
-    return None if v in dataset_names() else f"is not one of: {', '.join(dataset_names())}"
-
-
-_RULES: dict[str, Callable[[Any], str | None]] = {
-    "MODEL.DEVICE": _device,
-    "MODEL.TRANSFORMER_TYPE": _backbone,
-    "MODEL.PRETRAIN_CHOICE": _one_of("imagenet", "none"),
-    "MODEL.STRIDE_SIZE": _pair(1, 16),
-    "MODEL.SIE_COE": _number(0.0),
-    "MODEL.DROP_PATH": _number(0.0, 1.0, hi_open=True),
-    "MODEL.DROP_OUT": _number(0.0, 1.0, hi_open=True),
-    "MODEL.ATT_DROP_RATE": _number(0.0, 1.0, hi_open=True),
-    "MODEL.SPECTRA": _spectra,
-    "MODEL.RE_LAYER": _number(1, integer=True),
-    "MODEL.TPM_HEADS": _number(0, integer=True),
-    "MODEL.NECK": _one_of("bnneck"),
-    "MODEL.ID_LOSS_TYPE": _one_of("softmax"),
-    "MODEL.METRIC_LOSS_TYPE": _one_of("triplet"),
-    "MODEL.ID_LOSS_WEIGHT": _number(0.0),
-    "MODEL.TRIPLET_LOSS_WEIGHT": _number(0.0),
-    "MODEL.CRM_LOSS_WEIGHT": _number(0.0),
-    "MODEL.LABEL_SMOOTH": _number(0.0, 1.0, hi_open=True),
-    "INPUT.SIZE_TRAIN": _pair(16),
-    "INPUT.SIZE_TEST": _pair(16),
-    "INPUT.PROB": _number(0.0, 1.0),
-    "INPUT.RE_PROB": _number(0.0, 1.0),
-    "INPUT.PIXEL_MEAN": _triple_positive,
-    "INPUT.PIXEL_STD": _triple_positive,
-    "INPUT.PADDING": _number(0, integer=True),
-    "DATASETS.NAMES": _dataset,
-    "DATALOADER.SAMPLER": _one_of("softmax_triplet", "softmax"),
-    "DATALOADER.NUM_INSTANCE": _number(1, integer=True),
-    "DATALOADER.NUM_WORKERS": _number(0, integer=True),
-    "SOLVER.OPTIMIZER_NAME": _one_of("SGD", "AdamW"),
-    "SOLVER.MAX_EPOCHS": _number(1, integer=True),
-    "SOLVER.BASE_LR": _number(0.0, lo_open=True),
-    "SOLVER.BIAS_LR_FACTOR": _number(0.0, lo_open=True),
-    "SOLVER.MOMENTUM": _number(0.0, 1.0, hi_open=True),
-    "SOLVER.MARGIN": _number(0.0),
-    "SOLVER.WEIGHT_DECAY": _number(0.0),
-    "SOLVER.WEIGHT_DECAY_BIAS": _number(0.0),
-    "SOLVER.SCHEDULER": _one_of("cosine"),
-    "SOLVER.WARMUP_ITERS": _number(0, integer=True),
-    "SOLVER.WARMUP_FACTOR": _number(0.0, 1.0, lo_open=True),
-    "SOLVER.WARMUP_METHOD": _one_of("linear"),
-    "SOLVER.MIN_LR_FACTOR": _number(0.0, 1.0),
-    "SOLVER.SEED": _number(0, integer=True),
-    "SOLVER.IMS_PER_BATCH": _number(1, integer=True),
-    "SOLVER.CHECKPOINT_PERIOD": _number(0, integer=True),
-    "SOLVER.LOG_PERIOD": _number(1, integer=True),
-    "SOLVER.EVAL_PERIOD": _number(0, integer=True),
-    "SOLVER.AMP_DTYPE": _one_of("fp16", "bf16"),
-    "SOLVER.GRAD_CLIP": _number(0.0),
-    "TEST.IMS_PER_BATCH": _number(1, integer=True),
-    "TEST.NECK_FEAT": _one_of("before", "after"),
-    "TEST.MISS": _one_of(*MISS_SETTINGS, "all"),
-}
-
-VALIDATED_KEYS: tuple[str, ...] = tuple(_RULES)
+_RULES = RULES  # the name tests/test_config.py imports
+VALIDATED_KEYS: tuple[str, ...] = tuple(RULES)
 
 
 def _get(cfg: CN, key: str) -> Any:
@@ -251,14 +159,11 @@ def _get(cfg: CN, key: str) -> Any:
 
 def validate(cfg: CN) -> None:
     """Raise ConfigError naming the first invalid key."""
-    for key, rule in _RULES.items():
+    for key, rule in RULES.items():
         value = _get(cfg, key)
         problem = rule(value)
         if problem:
             raise ConfigError(f"config key {key} = {value!r} {problem}")
-    for key in ("INPUT.PIXEL_STD",):
-        if any(x <= 0 for x in _get(cfg, key)):
-            raise ConfigError(f"config key {key} = {_get(cfg, key)!r} must be positive")
     if cfg.DATALOADER.SAMPLER == "softmax_triplet" and cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
         raise ConfigError(f"config key SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} must be divisible by "
                           f"DATALOADER.NUM_INSTANCE = {cfg.DATALOADER.NUM_INSTANCE}")
@@ -270,10 +175,13 @@ def validate(cfg: CN) -> None:
 def load_config(config_file: str | None = None, opts: Sequence[str] = (), freeze: bool = True) -> CN:
     """Defaults <- YAML file <- command-line pairs, validated."""
     cfg = get_cfg_defaults()
+    ignored: list[str] = []
     if config_file:
-        merge_file(cfg, config_file)
+        ignored += merge_file(cfg, config_file)
     if opts:
-        merge_opts(cfg, opts)
+        ignored += merge_opts(cfg, opts)
+    if ignored:
+        logger.warning("ignored config keys that no longer exist, as nothing read them: %s", ", ".join(ignored))
     validate(cfg)
     if freeze:
         cfg.freeze()

@@ -1,105 +1,154 @@
 """Default configuration. Key names follow the original TOP-ReID / TransReID code so that its YAML files and
 command lines keep working; the values that were ``'yes'``/``'no'`` strings or 0/1 integers there are booleans here
-(the old spellings are still accepted when merging, see :mod:`configs.config`)."""
+(the old spellings are still accepted when merging, see :mod:`configs.config`). Keys of the original that nothing
+reads are not here; old configs that set them still load (:mod:`configs.compat`).
+
+Each validated key has its rule on the line after its default: ``RULES[key]`` returns ``None`` for a valid value,
+otherwise what is wrong with it (see :mod:`configs.rules`); :func:`configs.config.validate` applies them.
+"""
 
 from yacs.config import CfgNode as CN
 
+from configs.rules import Rule, backbone, dataset, device, number, one_of, pair, spectra, triple
+from utils.spectra import MISS_SETTINGS
+
 _C = CN()
+RULES: dict[str, Rule] = {}
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.MODEL = CN()
 _C.MODEL.DEVICE = "auto"  # auto | cpu | cuda | cuda:N
-_C.MODEL.DEVICE_ID = "0"  # kept for old configs; CUDA_VISIBLE_DEVICES is left to the user
-_C.MODEL.NAME = "TOPReID"
+RULES["MODEL.DEVICE"] = device
 _C.MODEL.TRANSFORMER_TYPE = "vit_base_patch16_224"  # any timm ViT/DeiT name, t2t_vit_t_14, t2t_vit_t_24
-_C.MODEL.PRETRAIN_CHOICE = "imagenet"  # imagenet | none
+RULES["MODEL.TRANSFORMER_TYPE"] = backbone
+_C.MODEL.PRETRAIN_CHOICE = "imagenet"
+RULES["MODEL.PRETRAIN_CHOICE"] = one_of("imagenet", "none")
 _C.MODEL.PRETRAIN_PATH_T = ""  # ImageNet weights shared by the three backbones
 _C.MODEL.STRIDE_SIZE = [16, 16]
+RULES["MODEL.STRIDE_SIZE"] = pair(1, 16)
 _C.MODEL.SIE_CAMERA = True
-_C.MODEL.SIE_VIEW = False  # not used by these data sets; kept so old configs merge
 _C.MODEL.SIE_COE = 3.0
+RULES["MODEL.SIE_COE"] = number(0.0)
 _C.MODEL.DROP_PATH = 0.1
+RULES["MODEL.DROP_PATH"] = number(0.0, 1.0, hi_open=True)
 _C.MODEL.DROP_OUT = 0.0
+RULES["MODEL.DROP_OUT"] = number(0.0, 1.0, hi_open=True)
 _C.MODEL.ATT_DROP_RATE = 0.0
+RULES["MODEL.ATT_DROP_RATE"] = number(0.0, 1.0, hi_open=True)
 _C.MODEL.SPECTRA = ["RGB", "NI", "TI"]  # spectra the model uses (single/dual-spectrum ablations)
+RULES["MODEL.SPECTRA"] = spectra
 _C.MODEL.BASE = False  # baseline without TPM and CRM
 _C.MODEL.RE = True  # Complementary Reconstruction Module
 _C.MODEL.RE_LAYER = 1  # transformer blocks per reconstructor
+RULES["MODEL.RE_LAYER"] = number(1, integer=True)
 _C.MODEL.DIRECT = True  # True: one head on the concatenated CLS tokens; False: one head per spectrum
 _C.MODEL.TPM_HEADS = 0  # attention heads of TPM and CRM; 0 = 12, or 8 for T2T backbones (as the original)
-_C.MODEL.NECK = "bnneck"
-_C.MODEL.ID_LOSS_TYPE = "softmax"
+RULES["MODEL.TPM_HEADS"] = number(0, integer=True)
 _C.MODEL.ID_LOSS_WEIGHT = 1.0
+RULES["MODEL.ID_LOSS_WEIGHT"] = number(0.0)
 _C.MODEL.TRIPLET_LOSS_WEIGHT = 1.0
+RULES["MODEL.TRIPLET_LOSS_WEIGHT"] = number(0.0)
 _C.MODEL.CRM_LOSS_WEIGHT = 1.0
-_C.MODEL.METRIC_LOSS_TYPE = "triplet"
+RULES["MODEL.CRM_LOSS_WEIGHT"] = number(0.0)
 _C.MODEL.IF_LABELSMOOTH = True
 _C.MODEL.LABEL_SMOOTH = 0.1
+RULES["MODEL.LABEL_SMOOTH"] = number(0.0, 1.0, hi_open=True)
 _C.MODEL.NO_MARGIN = True  # soft-margin triplet; False uses SOLVER.MARGIN
 _C.MODEL.GRAD_CHECKPOINT = False  # activation checkpointing in the backbones
 _C.MODEL.COMPILE = False  # torch.compile the model
-_C.MODEL.DIST_TRAIN = False  # set automatically under torchrun
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.INPUT = CN()
 _C.INPUT.SIZE_TRAIN = [256, 128]  # height, width
+RULES["INPUT.SIZE_TRAIN"] = pair(16)
 _C.INPUT.SIZE_TEST = [256, 128]
+RULES["INPUT.SIZE_TEST"] = pair(16)
 _C.INPUT.PROB = 0.5  # horizontal flip
+RULES["INPUT.PROB"] = number(0.0, 1.0)
 _C.INPUT.RE_PROB = 0.5  # random erasing
+RULES["INPUT.RE_PROB"] = number(0.0, 1.0)
 _C.INPUT.PIXEL_MEAN = [0.5, 0.5, 0.5]
+RULES["INPUT.PIXEL_MEAN"] = triple()
 _C.INPUT.PIXEL_STD = [0.5, 0.5, 0.5]
+RULES["INPUT.PIXEL_STD"] = triple(positive=True)
 _C.INPUT.PADDING = 10
+RULES["INPUT.PADDING"] = number(0, integer=True)
 _C.INPUT.SHARE_AUG = False  # one set of random augmentation parameters for the three spectra of a sample
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
 _C.DATASETS.NAMES = "RGBNT201"  # RGBNT201 | RGBNT100 | MSVR310 | demo
+RULES["DATASETS.NAMES"] = dataset
 _C.DATASETS.ROOT_DIR = "./data"
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.DATALOADER = CN()
 _C.DATALOADER.SAMPLER = "softmax_triplet"  # softmax_triplet (P x K) | softmax (plain shuffle)
+RULES["DATALOADER.SAMPLER"] = one_of("softmax_triplet", "softmax")
 _C.DATALOADER.NUM_INSTANCE = 16
+RULES["DATALOADER.NUM_INSTANCE"] = number(1, integer=True)
 _C.DATALOADER.NUM_WORKERS = 8
+RULES["DATALOADER.NUM_WORKERS"] = number(0, integer=True)
 # Decode and resize every training image once, before training, and keep them in memory (uint8 at INPUT.SIZE_TRAIN:
 # about 1.2 GB for RGBNT201, 2.6 GB for RGBNT100, 0.3 GB for MSVR310). The batches are the same as without it.
 _C.DATALOADER.CACHE_IMAGES = False
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.SOLVER = CN()
-_C.SOLVER.OPTIMIZER_NAME = "SGD"  # SGD | AdamW
+_C.SOLVER.OPTIMIZER_NAME = "SGD"
+RULES["SOLVER.OPTIMIZER_NAME"] = one_of("SGD", "AdamW")
 _C.SOLVER.MAX_EPOCHS = 120
+RULES["SOLVER.MAX_EPOCHS"] = number(1, integer=True)
 _C.SOLVER.BASE_LR = 0.009
+RULES["SOLVER.BASE_LR"] = number(0.0, lo_open=True)
 _C.SOLVER.LARGE_FC_LR = False
 _C.SOLVER.BIAS_LR_FACTOR = 2.0
+RULES["SOLVER.BIAS_LR_FACTOR"] = number(0.0, lo_open=True)
 _C.SOLVER.MOMENTUM = 0.9
+RULES["SOLVER.MOMENTUM"] = number(0.0, 1.0, hi_open=True)
 _C.SOLVER.MARGIN = 0.3
+RULES["SOLVER.MARGIN"] = number(0.0)
 _C.SOLVER.WEIGHT_DECAY = 1e-4
+RULES["SOLVER.WEIGHT_DECAY"] = number(0.0)
 _C.SOLVER.WEIGHT_DECAY_BIAS = 1e-4
+RULES["SOLVER.WEIGHT_DECAY_BIAS"] = number(0.0)
 _C.SOLVER.SCHEDULER = "cosine"
+RULES["SOLVER.SCHEDULER"] = one_of("cosine")
 _C.SOLVER.WARMUP_ITERS = 10  # warm-up epochs (the original's name)
+RULES["SOLVER.WARMUP_ITERS"] = number(0, integer=True)
 _C.SOLVER.WARMUP_FACTOR = 0.01
-_C.SOLVER.WARMUP_METHOD = "linear"
+RULES["SOLVER.WARMUP_FACTOR"] = number(0.0, 1.0, lo_open=True)
 _C.SOLVER.MIN_LR_FACTOR = 0.001
+RULES["SOLVER.MIN_LR_FACTOR"] = number(0.0, 1.0)
 _C.SOLVER.SEED = 1111
+RULES["SOLVER.SEED"] = number(0, integer=True)
 _C.SOLVER.IMS_PER_BATCH = 128
+RULES["SOLVER.IMS_PER_BATCH"] = number(1, integer=True)
 _C.SOLVER.CHECKPOINT_PERIOD = 10
+RULES["SOLVER.CHECKPOINT_PERIOD"] = number(0, integer=True)
 _C.SOLVER.LOG_PERIOD = 10
+RULES["SOLVER.LOG_PERIOD"] = number(1, integer=True)
 _C.SOLVER.EVAL_PERIOD = 1
+RULES["SOLVER.EVAL_PERIOD"] = number(0, integer=True)
 _C.SOLVER.AMP = True  # mixed precision on CUDA (ignored on CPU)
 _C.SOLVER.AMP_DTYPE = "fp16"  # fp16 (with a grad scaler) | bf16
+RULES["SOLVER.AMP_DTYPE"] = one_of("fp16", "bf16")
 _C.SOLVER.GRAD_CLIP = 0.0  # max gradient norm; 0 disables
+RULES["SOLVER.GRAD_CLIP"] = number(0.0)
 _C.SOLVER.RESUME = False
 _C.SOLVER.DETERMINISTIC = False  # torch.use_deterministic_algorithms on GPU (slower)
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.TEST = CN()
 _C.TEST.IMS_PER_BATCH = 128
+RULES["TEST.IMS_PER_BATCH"] = number(1, integer=True)
 _C.TEST.RE_RANKING = False
 _C.TEST.WEIGHT = ""
 _C.TEST.NECK_FEAT = "before"  # before | after the BNNeck
+RULES["TEST.NECK_FEAT"] = one_of("before", "after")
 _C.TEST.FEAT_NORM = True
 _C.TEST.MISS = "nothing"  # nothing | r | n | t | rn | rt | nt | all
+RULES["TEST.MISS"] = one_of(*MISS_SETTINGS, "all")
 _C.TEST.SAVE_FEATURES = False
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -81,10 +81,10 @@ def read_image(path: str) -> np.ndarray:
     """Decode an image file to a uint8 [H, W, 3] RGB array; a missing, unreadable or truncated file raises
     DatasetError naming it.
 
-    JPEG files (all of the three data sets') go to TorchCodec's libjpeg-turbo decoder, which gives PIL's pixels,
-    faster and without PIL's Python-side header parsing. Anything else goes to PIL, which reads more formats and
-    names what is wrong with a damaged file: other formats, JPEG with an EXIF rotation (TorchCodec applies it, PIL
-    and the original pipeline do not), and any file TorchCodec cannot decode.
+    JPEG files (all of the three data sets') go to TorchCodec's libjpeg-turbo decoder, which gives PIL's pixels
+    without PIL's Python-side header parsing (decoding times in ``benchmarks/RESULTS.md``). Anything else goes to
+    PIL, which reads more formats and names what is wrong with a damaged file: other formats, JPEG with an EXIF
+    rotation (TorchCodec applies it, PIL and the original pipeline do not), and any file TorchCodec cannot decode.
     """
     try:
         with open(path, "rb") as file:

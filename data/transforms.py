@@ -7,7 +7,8 @@ They compute what the torchvision composition ``T.Resize, T.RandomHorizontalFlip
 T.Normalize`` followed by timm's ``RandomErasing`` computes on a PIL image, bit for bit, drawing the same random
 numbers from torch's and Python's generators in the same order (``tests/test_data_transforms.py``). The work is
 arranged for speed: flip, pad and crop move uint8 pixels with OpenCV, the conversion to float runs once on the
-cropped image, and resizing (PIL's, as torchvision applies it to PIL images) is skipped at the target size.
+cropped image, and resizing (PIL's, as torchvision applies it to PIL images) is skipped at the target size (timings
+in ``benchmarks/RESULTS.md``).
 :class:`data.loader.MultiSpectralDataset` seeds the generators per sample.
 
 Each pipeline is ``finish(prepare(image))``: ``prepare`` is the deterministic resize to ``size``, ``finish`` the
@@ -47,7 +48,7 @@ class ToNormalizedTensor:
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         planes = torch.empty(image.shape[2], image.shape[0], image.shape[1], dtype=torch.uint8)
-        cv2.split(image, list(planes.numpy()))  # [H, W, C] -> [C, H, W]: faster than a strided copy
+        cv2.split(image, list(planes.numpy()))  # [H, W, C] -> [C, H, W], one contiguous plane per channel
         return torch.div(planes, 255).sub_(self.mean).div_(self.std)  # uint8 / 255 runs in float32, as ToTensor
 
 

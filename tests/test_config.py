@@ -21,7 +21,7 @@ def test_shipped_configs_load(path):
 
 def test_published_settings():
     c201, c100, msvr = (load_config(p) for p in CONFIGS[:3])
-    assert (c201.SOLVER.BASE_LR, c201.SOLVER.WARMUP_ITERS, c201.MODEL.DIRECT) == (0.009, 10, True)
+    assert (c201.SOLVER.BASE_LR, c201.SOLVER.WARMUP_ITERS, c201.MODEL.DIRECT) == (0.009, 10, False)  # the log's run
     assert (c100.SOLVER.BASE_LR, c100.SOLVER.WARMUP_ITERS, c100.MODEL.DIRECT) == (0.009, 10, False)
     assert (msvr.SOLVER.MAX_EPOCHS, msvr.SOLVER.BASE_LR, msvr.SOLVER.WARMUP_ITERS, msvr.MODEL.DIRECT) == \
         (1000, 0.001, 100, False)
@@ -114,9 +114,9 @@ def test_defaults_are_valid():
 def test_saved_config_loads_back(tmp_path):
     from configs import save_config
 
-    cfg = load_config("configs/RGBNT201/TOP-ReID.yml", ["MODEL.DEVICE_ID", "0", "OUTPUT_DIR", "123",
+    cfg = load_config("configs/RGBNT201/TOP-ReID.yml", ["TEST.WEIGHT", "0", "OUTPUT_DIR", "123",
                                                          "MODEL.STRIDE_SIZE", "[12,12]"])
-    assert cfg.MODEL.DEVICE_ID == "0" and cfg.OUTPUT_DIR == "123" and list(cfg.MODEL.STRIDE_SIZE) == [12, 12]
+    assert cfg.TEST.WEIGHT == "0" and cfg.OUTPUT_DIR == "123" and list(cfg.MODEL.STRIDE_SIZE) == [12, 12]
     save_config(cfg, str(tmp_path / "config.yaml"))
     assert load_config(str(tmp_path / "config.yaml")) == cfg
 
@@ -124,3 +124,87 @@ def test_saved_config_loads_back(tmp_path):
 def test_type_mismatch_names_the_key():
     with pytest.raises(ConfigError, match=r"SOLVER\.MAX_EPOCHS"):
         load_config(None, ["SOLVER.MAX_EPOCHS", "1.5"])
+
+
+# The data-set files as they were before `_BASE_` (flat, revision 407a8f3), kept verbatim as the oracle.
+FLAT = {path: f"tests/data/configs_flat/{path.split('/')[1]}.yml" for path in CONFIGS}
+
+
+def _leaves(node, prefix=""):
+    for name, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_base_inheritance_resolves_as_the_flat_files(path):
+    new, old = load_config(path), load_config(FLAT[path])
+    new_leaves, old_leaves = dict(_leaves(new)), dict(_leaves(old))
+    changed = {k: (old_leaves[k], v) for k, v in new_leaves.items() if v != old_leaves[k]}
+    assert new_leaves.keys() == old_leaves.keys()
+    if path == "configs/RGBNT201/TOP-ReID.yml":
+        # The one intended difference: the shipped file follows the published run's log, not the released YAML.
+        assert changed == {"MODEL.DIRECT": (True, False)}
+        old = load_config(FLAT[path], ["MODEL.DIRECT", "False"])
+    else:
+        assert changed == {}
+    assert new.dump() == old.dump()
+
+
+def test_base_is_merged_first_and_relative_to_the_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yml").write_text("SOLVER:\n  BASE_LR: 0.5\n  MAX_EPOCHS: 7\n")
+    (tmp_path / "mid.yml").write_text("_BASE_: root.yml\nSOLVER:\n  MAX_EPOCHS: 9\nTEST:\n  MISS: 'r'\n")
+    (tmp_path / "sub" / "leaf.yml").write_text("_BASE_: ../mid.yml\nTEST:\n  MISS: 'rn'\n")
+    cfg = load_config(str(tmp_path / "sub" / "leaf.yml"), ["SOLVER.BASE_LR", "0.25"])
+    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_EPOCHS, cfg.TEST.MISS) == (0.25, 9, "rn")
+
+
+def test_base_cycle_and_missing_base_name_the_file(tmp_path):
+    (tmp_path / "a.yml").write_text("_BASE_: b.yml\n")
+    (tmp_path / "b.yml").write_text("_BASE_: a.yml\n")
+    with pytest.raises(ConfigError, match=r"b\.yml.*cycle"):
+        load_config(str(tmp_path / "a.yml"))
+    (tmp_path / "self.yml").write_text("_BASE_: self.yml\n")
+    with pytest.raises(ConfigError, match=r"self\.yml.*cycle"):
+        load_config(str(tmp_path / "self.yml"))
+    (tmp_path / "orphan.yml").write_text("_BASE_: gone/base.yml\n")
+    with pytest.raises(ConfigError, match=r"orphan\.yml.*gone/base\.yml"):
+        load_config(str(tmp_path / "orphan.yml"))
+    (tmp_path / "bad_base.yml").write_text("_BASE_: [a.yml]\n")
+    with pytest.raises(ConfigError, match=r"bad_base\.yml.*_BASE_"):
+        load_config(str(tmp_path / "bad_base.yml"))
+
+
+def test_removed_keys_load_with_one_warning(tmp_path, caplog):
+    from configs.compat import REMOVED_KEYS
+
+    old = tmp_path / "old.yml"
+    old.write_text("MODEL:\n  NAME: 'transformer'\n  DEVICE_ID: '0'\n  NECK: 'bnneck'\n  ID_LOSS_TYPE: 'softmax'\n"
+                   "  METRIC_LOSS_TYPE: 'triplet'\n  SIE_VIEW: False\n  DIST_TRAIN: False\n  DIRECT: 0\n"
+                   "SOLVER:\n  WARMUP_METHOD: 'linear'\n  BASE_LR: 0.5\n")
+    with caplog.at_level("WARNING", logger="configs"):
+        cfg = load_config(str(old), ["MODEL.DEVICE_ID", "1"])
+    assert cfg.MODEL.DIRECT is False and cfg.SOLVER.BASE_LR == 0.5
+    warnings = [r for r in caplog.records if r.name == "configs" and r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    for key in REMOVED_KEYS:
+        section, leaf = key.split(".")
+        assert key in message and leaf not in cfg[section]
+    assert "old.yml" in message and "command line" in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="configs"):
+        load_config("configs/RGBNT201/TOP-ReID.yml")
+    assert not [r for r in caplog.records if r.name == "configs"]
+
+
+def test_a_key_that_never_existed_is_still_an_error(tmp_path):
+    typo = tmp_path / "typo.yml"
+    typo.write_text("MODEL:\n  NECK_TYPE: 'bnneck'\n")
+    with pytest.raises(ConfigError, match=r"typo\.yml.*unknown config key MODEL\.NECK_TYPE"):
+        load_config(str(typo))
+    with pytest.raises(ConfigError, match=r"unknown config key SOLVER\.WARMUP_METHODS"):
+        load_config(None, ["SOLVER.WARMUP_METHODS", "linear"])
