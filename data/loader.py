@@ -22,6 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+# Not torchvision.io.decode_jpeg: it gives PIL's pixels in every decoding case of tests/test_data_transforms.py
+# (grey, CMYK, progressive, 4:4:4, EXIF-rotated, which it leaves unrotated) at the same speed and would make
+# jpeg_orientation unnecessary, but torchvision 0.29 deprecates it in favour of TorchCodec and warns on each call.
+# TorchCodec always applies the EXIF rotation, hence jpeg_orientation.
 from torchcodec.decoders import decode_jpeg
 from tqdm import tqdm
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from utils.checkpoint import CheckpointError, IncompatibleKeys, safe_load, summarize_keys, unwrap_state_dict
@@ -43,18 +43,14 @@ def unwrap_imagenet_state_dict(obj: Mapping[str, Any], path: str) -> tuple[dict[
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid_size: tuple[int, int], path: str = "") -> torch.Tensor:
     """[1, 1 + g*g, D] (CLS row first) -> [1, 1 + gh*gw, D]: the square grid resized bilinearly
-    (align_corners False), the CLS row kept."""
-    cls_row, grid = pos_embed[:, :1], pos_embed[:, 1:]
-    side = math.isqrt(grid.shape[1])
-    if side * side != grid.shape[1]:
-        raise CheckpointError(f"{path} (MODEL.PRETRAIN_PATH_T): position table of {grid.shape[1]} patches is not a "
+    (align_corners False, no antialiasing), the CLS row kept; the table itself when the grid already fits."""
+    patches = pos_embed.shape[1] - 1
+    side = math.isqrt(patches)
+    if side * side != patches:
+        raise CheckpointError(f"{path} (MODEL.PRETRAIN_PATH_T): position table of {patches} patches is not a "
                               "square grid")
-    if (side, side) == tuple(grid_size):
-        return pos_embed
-    grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=tuple(grid_size), mode="bilinear", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, grid_size[0] * grid_size[1], -1).to(pos_embed.dtype)
-    return torch.cat([cls_row, grid], dim=1)
+    return resample_abs_pos_embed(pos_embed, new_size=list(grid_size), old_size=[side, side], num_prefix_tokens=1,
+                                  interpolation="bilinear", antialias=False, align_corners=False)
 
 
 def load_imagenet_weights(backbones: Mapping[str, nn.Module], path: str) -> None:

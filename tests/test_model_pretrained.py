@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from configs.config import load_config
 from modeling import build_model
 from modeling.backbones import build_backbone
-from modeling.pretrained import load_imagenet_weights
+from modeling.pretrained import load_imagenet_weights, resize_pos_embed
 from utils.checkpoint import CheckpointError
 
 SIZE = (64, 32)  # 4x2 patch grid with stride 16
@@ -111,6 +111,41 @@ def test_t2t_pth_tar_prefers_the_ema_weights(tmp_path):
     torch.testing.assert_close(got["tokens_to_token.attention1.attn.qkv.weight"],
                                ema["tokens_to_token.attention1.attn.qkv.weight"], rtol=0, atol=0)
     assert not backbone.pos_embed.requires_grad
+
+
+def original_resize(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The resize as this project wrote it before using timm's: CLS row kept, the square grid resized bilinearly in
+    float32 (align_corners False, no antialiasing), the table itself when the grid already fits."""
+    side = int(round((pos.shape[1] - 1) ** 0.5))
+    if (side, side) == grid:
+        return pos
+    img = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    img = F.interpolate(img, size=grid, mode="bilinear", align_corners=False, antialias=False)
+    return torch.cat([pos[:, :1], img.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos.dtype)], dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("side,dim,grid", [
+    (14, 192, (4, 2)),  # down, non-square
+    (14, 64, (16, 8)),  # up in one direction, down in the other
+    (14, 48, (21, 10)),  # up, non-square
+    (24, 32, (8, 4)),
+    (4, 8, (2, 8)),  # the same number of patches, another shape
+    (14, 16, (14, 14)),  # unchanged
+])
+def test_resize_pos_embed_is_bit_identical_to_the_original(side, dim, grid, dtype):
+    pos = torch.randn(1, 1 + side * side, dim, generator=torch.Generator().manual_seed(side * dim)).to(dtype)
+    got = resize_pos_embed(pos, grid)
+    assert got.shape == (1, 1 + grid[0] * grid[1], dim) and got.dtype == dtype
+    assert torch.equal(got, original_resize(pos, grid))
+    if (side, side) == grid:
+        assert got is pos
+
+
+def test_resize_pos_embed_of_a_non_square_grid_raises():
+    with pytest.raises(CheckpointError, match=r"w\.pth \(MODEL\.PRETRAIN_PATH_T\): position table of 8 patches is "
+                                              "not a square grid"):
+        resize_pos_embed(torch.zeros(1, 9, 4), (4, 2), "w.pth")
 
 
 def test_missing_file_names_path_and_key(tmp_path):
