@@ -16,12 +16,8 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from configs.defaults import get_cfg_defaults
+from utils.errors import ConfigError
 from utils.spectra import MISS_SETTINGS, SPECTRA
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the key."""
-
 
 _TRUE = {"yes", "true", "on", "1"}
 _FALSE = {"no", "false", "off", "0"}
