@@ -28,9 +28,10 @@ def run(cfg) -> dict:
     import numpy as np
 
     from data.build import make_dataloader
+    from evaluation import evaluate_settings, format_table
     from modeling import make_model
     from modeling.convert import load_model_weights
-    from processor.inference import evaluate_settings, extract_features, format_table, settings_for
+    from processor.inference import extract_features, settings_for
     from processor.trainer import amp_dtype, write_results
     from utils.checkpoint import safe_load
     from utils.env import device_description, git_commit, resolve_device, versions

@@ -28,9 +28,10 @@ from yacs.config import CfgNode
 
 from configs.config import save_config
 from data.build import make_dataloader
+from evaluation import evaluate_settings, format_table
 from loss import make_loss
 from modeling import make_model
-from processor.inference import evaluate_settings, extract_features, format_table, settings_for
+from processor.inference import extract_features, settings_for
 from solver import make_optimizer, make_scheduler
 from utils import distributed as du
 from utils.checkpoint import CheckpointError, safe_load, save_checkpoint

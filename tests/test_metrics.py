@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import ReIDEvaluator, evaluate_features, evaluate_rank
+from evaluation import ReIDEvaluator, evaluate_features, evaluate_rank
 
 REFERENCE = Path(__file__).parent / "data" / "reference" / "expected_metrics.npz"
 
