@@ -28,7 +28,8 @@ def run(cfg) -> dict:
     import numpy as np
 
     from data.build import build_query_gallery
-    from processor.inference import evaluate_settings, format_table, settings_for, write_results
+    from evaluation import evaluate_settings, format_table
+    from processor.inference import settings_for, write_results
     from processor.predictor import Predictor
     from utils.env import device_description, git_commit, versions
     from utils.io import write_npz

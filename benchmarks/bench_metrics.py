@@ -1,4 +1,4 @@
-"""Speed and memory of the evaluation (utils/metrics.py).
+"""Speed and memory of the evaluation (evaluation/rank.py, evaluation/reranking.py).
 
 (a) A 4000 x 40000 float32 distance matrix: ``evaluate_rank`` against two per-query baselines that sort each full
     row: the classic market1501 ``eval_func`` loop (argsort of the matrix, then per query masks and a Python loop
@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.metrics import evaluate_features, evaluate_rank
-from utils.reranking import re_ranking
+from evaluation import evaluate_features, evaluate_rank, re_ranking, squared_euclidean, squared_norms
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,11 +155,10 @@ def _features_child(num_q: int, num_g: int, dim: int, chunk_size: int | None) ->
     peak_maxrss, peak_hwm = _peak_rss_mb()
     # The distances alone, block by block as evaluate_features computes them: the part that is not ranking.
     start = time.perf_counter()
-    gg = gf.pow(2).sum(1)
+    gg = squared_norms(gf)
     step = chunk_size or max(1, (1 << 26) // num_g)
     for i in range(0, num_q, step):
-        q = qf[i:i + step]
-        torch.addmm(q.pow(2).sum(1, keepdim=True) + gg, q, gf.t(), beta=1.0, alpha=-2.0)
+        squared_euclidean(qf[i:i + step], gf, g_norms=gg)
     distance_s = time.perf_counter() - start
     print(json.dumps({"queries": num_q, "gallery": num_g, "dim": dim, "chunk_size": chunk_size, "seconds": seconds,
                       "distance_only_s": distance_s, "ru_maxrss_before_mb": base_maxrss,

@@ -18,13 +18,9 @@ from yacs.config import CfgNode as CN
 
 from configs.compat import REMOVED_KEYS
 from configs.defaults import RULES, get_cfg_defaults
+from utils.errors import ConfigError
 
 logger = logging.getLogger("configs")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the key."""
-
 
 _TRUE = {"yes", "true", "on", "1"}
 _FALSE = {"no", "false", "off", "0"}

@@ -14,11 +14,11 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from yacs.config import CfgNode
 
-from configs.config import ConfigError
 from data.datasets import Record, ReIDDataset, build_dataset
 from data.loader import ImageCache, MultiSpectralDataset, collate
 from data.samplers import RandomIdentitySampler, RandomShuffleSampler, TrainBatchSampler
 from data.transforms import build_transforms
+from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evaluation.distance import squared_euclidean
+
 
 def euclidean_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """[m, n] euclidean distances, sqrt(clamp(|x|^2 + |y|^2 - 2 x.y, 1e-12)) (the clamp keeps the gradient of the
     square root finite at zero)."""
-    xx = x.pow(2).sum(1, keepdim=True)
-    yy = y.pow(2).sum(1)
-    return torch.addmm(xx + yy, x, y.t(), beta=1.0, alpha=-2.0).clamp(min=1e-12).sqrt()
+    return squared_euclidean(x, y).clamp(min=1e-12).sqrt()
 
 
 def hard_example_mining(dist: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

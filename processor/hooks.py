@@ -11,23 +11,21 @@ import logging
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from processor.inference import evaluate_settings, extract_features, format_table, write_results
+from evaluation import evaluate_settings, format_table
+from processor.inference import extract_features, write_results
 from utils import distributed as du
 from utils.checkpoint import save_checkpoint
-
-if TYPE_CHECKING:
-    from processor.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
 
 class HookBase:
-    trainer: Trainer
+    trainer: Any  # the processor.trainer.Trainer the hook is registered with
 
     def before_train(self) -> None: ...
 

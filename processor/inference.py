@@ -1,4 +1,5 @@
-"""Feature extraction and evaluation over the seven missing-spectrum settings in one pass.
+"""Feature extraction over the seven missing-spectrum settings in one pass (``evaluation.evaluate_settings``
+scores them).
 
 Each batch's backbones run once; CRM completion, TPM and the neck then run per setting on those tokens. A setting
 that removes spectra never runs their backbones; with a single setting only the available backbones run.
@@ -21,7 +22,6 @@ from yacs.config import CfgNode
 from utils import distributed as du
 from utils.env import device_description, git_commit, versions
 from utils.io import write_json
-from utils.metrics import ReIDEvaluator
 from utils.spectra import MISS_SETTINGS, missing_spectra
 
 logger = logging.getLogger(__name__)
@@ -136,31 +136,6 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
         out_feats = local[1]
     return ExtractedFeatures(out_feats, np.concatenate(pids), np.concatenate(camids), np.concatenate(sceneids),
                              names, time.perf_counter() - start)
-
-
-def evaluate_settings(extracted: ExtractedFeatures, num_query: int, junk_key: str, feat_norm: bool = True,
-                      rerank: bool = False) -> dict[str, dict[str, float]]:
-    """mAP / Rank-k / mINP per setting. ``junk_key`` is "camid" or "sceneid" (the data set's junk rule)."""
-    groups = extracted.camids if junk_key == "camid" else extracted.sceneids
-    results = {}
-    for setting, feats in extracted.feats.items():
-        evaluator = ReIDEvaluator(num_query, feat_norm=feat_norm, rerank=rerank)
-        evaluator.process(feats, extracted.pids, groups)
-        metrics = evaluator.compute()
-        results[setting] = {k: float(metrics[k]) for k in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")}
-    return results
-
-
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    """A table like the paper's: one row per setting, percentages."""
-    labels = {"nothing": "all spectra", "r": "-RGB", "n": "-NI", "t": "-TI", "rn": "-RGB-NI", "rt": "-RGB-TI",
-              "nt": "-NI-TI"}
-    lines = [f"{'setting':<14}{'mAP':>8}{'Rank-1':>8}{'Rank-5':>8}{'Rank-10':>9}{'mINP':>8}"]
-    for setting, m in results.items():
-        lines.append(f"{labels.get(setting, setting):<14}{100 * m['mAP']:8.1f}{100 * m['Rank-1']:8.1f}"
-                     f"{100 * m['Rank-5']:8.1f}{100 * m['Rank-10']:9.1f}{100 * m['mINP']:8.1f}")
-    return "\n".join(lines)
-
 
 
 def write_results(path: str, results: dict[str, dict[str, float]], cfg: CfgNode, checkpoint: str, epoch: int | None,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import ReIDEvaluator, evaluate_features, evaluate_rank
+from evaluation import ReIDEvaluator, evaluate_features, evaluate_rank
 
 REFERENCE = Path(__file__).parent / "data" / "reference" / "expected_metrics.npz"
 
@@ -269,6 +269,6 @@ def test_queries_without_a_match_are_logged(caplog):
     import logging
 
     dist = np.array([[0.1, 0.2], [0.3, 0.4]], dtype=np.float32)
-    with caplog.at_level(logging.WARNING, logger="utils.metrics"):
+    with caplog.at_level(logging.WARNING, logger="evaluation.rank"):
         evaluate_rank(dist, np.array([1, 9]), np.array([1, 2]), np.array([0, 0]), np.array([1, 1]))
     assert "1 of 2 queries have no match" in caplog.text

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import ReIDEvaluator, evaluate_rank
-from utils.reranking import re_ranking
+from evaluation import ReIDEvaluator, evaluate_rank, re_ranking
 
 
 def rerank_by_definition(qf, gf, k1, k2, lam):

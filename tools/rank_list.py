@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from data.build import build_query_gallery  # noqa: E402
 from data.datasets.base import Record  # noqa: E402
+from evaluation.distance import squared_euclidean  # noqa: E402
 from processor.predictor import Predictor  # noqa: E402
 from tools.common import (  # noqa: E402
     ToolError,
@@ -48,7 +49,6 @@ from tools.common import (  # noqa: E402
     tool_parser,
 )
 from utils.io import write_json  # noqa: E402
-from utils.metrics import squared_euclidean  # noqa: E402
 from utils.spectra import missing_spectra  # noqa: E402
 
 logger = logging.getLogger("tools.rank_list")

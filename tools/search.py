@@ -37,6 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from data.datasets.folder import folder_records  # noqa: E402
+from evaluation.distance import squared_euclidean, squared_norms  # noqa: E402
 from processor.predictor import Predictor  # noqa: E402
 from tools.common import (  # noqa: E402
     ToolError,
@@ -151,16 +152,16 @@ def topk_search(queries: torch.Tensor, gallery: np.ndarray, k: int, query_chunk:
     num_q, k = len(queries), min(k, len(gallery))
     best_d = torch.full((num_q, k), float("inf"))
     best_i = torch.full((num_q, k), -1, dtype=torch.long)
-    qq = queries.pow(2).sum(1, keepdim=True)
+    qq = squared_norms(queries)
     for g0 in range(0, len(gallery), gallery_chunk):
         g = torch.from_numpy(np.array(gallery[g0:g0 + gallery_chunk], dtype=np.float32))  # one chunk read (a copy)
         if normalize:
             g = F.normalize(g, dim=1)
-        gg = g.pow(2).sum(1)
+        gg = squared_norms(g)
         kk = min(k, len(g))
         for q0 in range(0, num_q, query_chunk):
             q1 = min(q0 + query_chunk, num_q)
-            dist = torch.addmm(qq[q0:q1] + gg, queries[q0:q1], g.t(), beta=1.0, alpha=-2.0)
+            dist = squared_euclidean(queries[q0:q1], g, q_norms=qq[q0:q1], g_norms=gg)
             chunk_d, chunk_i = torch.topk(dist, kk, dim=1, largest=False, sorted=True)
             merged_d = torch.cat([best_d[q0:q1], chunk_d], dim=1)
             merged_i = torch.cat([best_i[q0:q1], chunk_i + g0], dim=1)

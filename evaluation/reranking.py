@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from utils.metrics import squared_euclidean
+from evaluation.distance import squared_euclidean
 
 _PAIRS_PER_STEP = 1 << 24  # bounds the temporaries of the Jaccard sums
 

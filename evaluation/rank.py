@@ -1,4 +1,4 @@
-"""Re-identification metrics: CMC, mAP and mINP under the junk rules of the multi-spectral benchmarks.
+"""Rank metrics of re-identification: CMC, mAP and mINP under the junk rules of the multi-spectral benchmarks.
 
 For a query, gallery items with the query's pid AND group are junk (left out): the group is the camera id for
 RGBNT201 / RGBNT100 and the scene id for MSVR310. The remaining items with the query's pid are its matches; a query
@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from evaluation.distance import squared_euclidean, squared_norms
 
 logger = logging.getLogger(__name__)
 
@@ -217,14 +218,6 @@ def evaluate_rank(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_gr
     return _summarise(stats, max_rank)
 
 
-def squared_euclidean(qf: torch.Tensor, gf: torch.Tensor) -> torch.Tensor:
-    """|q - g|^2 for all pairs, in the expanded form |q|^2 + |g|^2 - 2 q.g (the original evaluation's distance;
-    it ranks like the euclidean distance)."""
-    qq = qf.pow(2).sum(1, keepdim=True)
-    gg = gf.pow(2).sum(1)
-    return torch.addmm(qq + gg, qf, gf.t(), beta=1.0, alpha=-2.0)
-
-
 def _as_features(x: ArrayLike, name: str) -> torch.Tensor:
     t = torch.as_tensor(x).detach().to("cpu", torch.float32)
     if t.ndim != 2:
@@ -248,64 +241,9 @@ def evaluate_features(qf: ArrayLike, gf: ArrayLike, q_pids: ArrayLike, g_pids: A
     gallery = _Gallery.build(g_pids, g_groups)
     step = _rows_per_chunk(num_g, chunk_size)
     workers = _num_workers()
-    gg = gf.pow(2).sum(1)
+    gg = squared_norms(gf)
     stats = []
     for i in range(0, num_q, step):
-        q = qf[i:i + step]
-        dist = torch.addmm(q.pow(2).sum(1, keepdim=True) + gg, q, gf.t(), beta=1.0, alpha=-2.0)
+        dist = squared_euclidean(qf[i:i + step], gf, g_norms=gg)
         stats.append(_chunk_stats(dist.numpy(), q_pids[i:i + step], q_groups[i:i + step], gallery, workers))
     return _summarise(stats, max_rank)
-
-
-class ReIDEvaluator:
-    """Accumulates test features and labels (query items first, as the test loader yields them) and computes
-    mAP, CMC and mINP. ``groups`` are the junk-rule ids: camera ids, or scene ids for MSVR310."""
-
-    def __init__(self, num_query: int, feat_norm: bool = True, rerank: bool = False, max_rank: int = 50) -> None:
-        if max_rank < 10:
-            raise ValueError(f"max_rank must be >= 10 to report Rank-10, got {max_rank}")
-        self.num_query = num_query
-        self.feat_norm = feat_norm
-        self.rerank = rerank
-        self.max_rank = max_rank
-        self.reset()
-
-    def reset(self) -> None:
-        self._feats: list[torch.Tensor] = []
-        self._pids: list[np.ndarray] = []
-        self._groups: list[np.ndarray] = []
-
-    def process(self, feats: ArrayLike, pids: ArrayLike, groups: ArrayLike) -> None:
-        """Add a batch: features [B, F], pids [B], groups [B]."""
-        feats = _as_features(feats, "feats")
-        pids, groups = _to_numpy(pids, "pids"), _to_numpy(groups, "groups")
-        if not len(feats) == len(pids) == len(groups):
-            raise ValueError(f"batch of {len(feats)} features with {len(pids)} pids and {len(groups)} groups")
-        self._feats.append(feats)
-        self._pids.append(pids)
-        self._groups.append(groups)
-
-    def compute(self) -> dict[str, float | list[float]]:
-        """mAP, Rank-1/5/10 and mINP as fractions in [0, 1], and the whole CMC curve."""
-        if not self._feats:
-            raise ValueError("ReIDEvaluator.compute called before any process()")
-        feats = torch.cat(self._feats)
-        pids, groups = np.concatenate(self._pids), np.concatenate(self._groups)
-        nq = self.num_query
-        if not 0 < nq < len(feats):
-            raise ValueError(f"num_query={nq} but {len(feats)} items were processed: need at least one query and "
-                             "one gallery item")
-        if self.feat_norm:
-            feats = F.normalize(feats, dim=1)
-        qf, gf = feats[:nq], feats[nq:]
-        if self.rerank:
-            from utils.reranking import re_ranking
-
-            distmat = re_ranking(qf, gf)
-            cmc, m_ap, m_inp = evaluate_rank(distmat, pids[:nq], pids[nq:], groups[:nq], groups[nq:],
-                                             self.max_rank)
-        else:
-            cmc, m_ap, m_inp = evaluate_features(qf, gf, pids[:nq], pids[nq:], groups[:nq], groups[nq:],
-                                                 self.max_rank)
-        return {"mAP": m_ap, "Rank-1": float(cmc[0]), "Rank-5": float(cmc[4]), "Rank-10": float(cmc[9]),
-                "mINP": m_inp, "cmc": cmc.tolist()}
