@@ -7,10 +7,13 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import tiny_opts
+import pytest
+
+from tests.helpers import tiny_opts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ITER = re.compile(r"epoch (\d+) iter (\d+)/\d+: loss (\S+),")
+pytestmark = pytest.mark.slow  # train_net.py subprocesses
 
 
 def _iterations(log_text):
