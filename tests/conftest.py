@@ -1,6 +1,36 @@
-"""Shared fixtures: the demo data set generated once per session, and options for tiny CPU runs."""
+"""Session-wide settings and shared fixtures.
 
-import pytest
+One thread per process for the whole run: on a 2-core machine shared with other jobs, PyTorch's default of one
+intra-op thread per core oversubscribes the cores and a tiny training run takes several times longer. The
+environment variables are set before any test runs, so the ``train_net.py``/tool subprocesses and data-loader
+workers inherit them.
+"""
+
+import os
+
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_name] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tests.helpers import register_toy_backbone, tiny_opts  # noqa: E402
+
+torch.set_num_threads(1)
+try:
+    torch.set_num_interop_threads(1)
+except RuntimeError:  # already set, or inter-op work has started (another plugin imported and used torch)
+    pass
+
+
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads for one test (code that sizes a thread pool from ``torch.get_num_threads()``),
+    restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -12,30 +42,28 @@ def demo_root(tmp_path_factory):
     return str(root)
 
 
-def tiny_opts(demo_root: str, output_dir: str, **overrides) -> list[str]:
-    """KEY VALUE pairs for a small, fast CPU run on the demo data."""
-    opts = {
-        "DATASETS.NAMES": "demo", "DATASETS.ROOT_DIR": demo_root, "OUTPUT_DIR": output_dir,
-        "MODEL.DEVICE": "cpu", "MODEL.TRANSFORMER_TYPE": "vit_tiny_patch16_224", "MODEL.PRETRAIN_CHOICE": "none",
-        "MODEL.DROP_PATH": "0.1", "INPUT.SIZE_TRAIN": "[64,32]", "INPUT.SIZE_TEST": "[64,32]", "INPUT.PADDING": "4",
-        "SOLVER.IMS_PER_BATCH": "16", "DATALOADER.NUM_INSTANCE": "4", "DATALOADER.NUM_WORKERS": "0",
-        "SOLVER.MAX_EPOCHS": "1", "SOLVER.WARMUP_ITERS": "0", "SOLVER.BASE_LR": "0.01", "SOLVER.EVAL_PERIOD": "1",
-        "SOLVER.LOG_PERIOD": "1", "SOLVER.CHECKPOINT_PERIOD": "0", "TEST.IMS_PER_BATCH": "64",
-    }
-    opts.update(overrides)
-    return [x for kv in opts.items() for x in kv]
+def _train(demo_root: str, out, **overrides: str):
+    from configs import load_config
+    from processor.trainer import Trainer
+
+    trainer = Trainer(load_config(None, tiny_opts(demo_root, str(out), **{"SOLVER.MAX_EPOCHS": "2", **overrides})))
+    results = trainer.train()
+    return out, trainer, results
 
 
 @pytest.fixture(scope="session")
 def trained_run(demo_root, tmp_path_factory):
-    """One short training run on the demo data (2 epochs), shared by the tests that need a checkpoint.
+    """One short training run of the toy backbone on the demo data (2 epochs), shared by the in-process tests that
+    need a checkpoint.
 
     Returns (output_dir, trainer, results); ``output_dir`` holds config.yaml, last.pth, best.pth, results.json, tb/.
     """
-    from configs import load_config
-    from processor.trainer import Trainer
+    backbone = register_toy_backbone()
+    return _train(demo_root, tmp_path_factory.mktemp("trained_run"), **{"MODEL.TRANSFORMER_TYPE": backbone})
 
-    out = tmp_path_factory.mktemp("trained_run")
-    trainer = Trainer(load_config(None, tiny_opts(demo_root, str(out), **{"SOLVER.MAX_EPOCHS": "2"})))
-    results = trainer.train()
-    return out, trainer, results
+
+@pytest.fixture(scope="session")
+def vit_tiny_run(demo_root, tmp_path_factory):
+    """``trained_run`` with vit_tiny_patch16_224: for tests that hand the checkpoint to a ``test_net.py`` or tool
+    subprocess (which cannot build the toy backbone) or check vit_tiny's feature width (3 x 192)."""
+    return _train(demo_root, tmp_path_factory.mktemp("vit_tiny_run"))

@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 
-from tests.test_data_readers import rgbnt201_names, write_msvr310, write_rgbnt201
+import pytest
+
+from tests.helpers import rgbnt201_names, write_msvr310, write_rgbnt201
 from tools.inspect_dataset import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,6 +20,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_inspect_writes_every_record(tmp_path):
     write_rgbnt201(str(tmp_path), rgbnt201_names([3, 8], [1, 2], 2), rgbnt201_names([40], [1, 3], 1))
     out = tmp_path / "records.json"

@@ -19,7 +19,7 @@ from data.build import build_dataloader
 from data.datasets import DatasetError, Record, build_dataset
 from data.loader import ImageCache, MultiSpectralDataset, collate
 from data.transforms import build_transforms
-from tests.test_data_readers import rgbnt201_names, save_image, write_rgbnt100, write_rgbnt201
+from tests.helpers import rgbnt201_names, save_image, write_rgbnt100, write_rgbnt201
 
 SPECTRA = ("RGB", "NI", "TI")
 

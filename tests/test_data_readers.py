@@ -5,69 +5,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import zlib
-from collections.abc import Iterable, Sequence
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from data.datasets import DatasetError, Record, ReIDDataset, build_dataset, dataset_names, relabel
+from tests.helpers import (
+    SPECTRA,
+    rgbnt201_names,
+    save_image,
+    write_msvr310,
+    write_rgbnt100,
+    write_rgbnt201,
+)
 
-SPECTRA = ("RGB", "NI", "TI")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Tree writers (also used by the other data tests).
-
-def save_image(path: str, pixels: np.ndarray | None = None, size: tuple[int, int] = (32, 64)) -> None:
-    """A JPEG at ``path``: the given HxWx3 uint8 pixels, or noise seeded by the path (width, height = ``size``)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if pixels is None:
-        rng = np.random.default_rng(zlib.crc32(path.encode()))
-        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, quality=95)
-
-
-def write_rgbnt201(root: str, train: Iterable[str], test: Iterable[str]) -> str:
-    base = os.path.join(root, "RGBNT201")
-    for split, names in (("train_171", train), ("test", test)):
-        for spectrum in SPECTRA:
-            os.makedirs(os.path.join(base, split, spectrum), exist_ok=True)
-            for name in names:
-                save_image(os.path.join(base, split, spectrum, name))
-    return base
-
-
-def rgbnt201_names(pids: Sequence[int], cams: Sequence[int], per_cam: int) -> list[str]:
-    return [f"{pid:06d}_cam{cam}_0_{n:02d}.jpg" for pid in pids for cam in cams for n in range(1, per_cam + 1)]
-
-
-def stitched_pixels(colours: Sequence[tuple[int, int, int]]) -> np.ndarray:
-    """768x128 image whose three 256-wide parts have the given colours."""
-    return np.concatenate([np.full((128, 256, 3), c, dtype=np.uint8) for c in colours], axis=1)
-
-
-def write_rgbnt100(root: str, splits: dict[str, Iterable[str]]) -> str:
-    base = os.path.join(root, "RGBNT100", "rgbir")
-    for split in ("bounding_box_train", "query", "bounding_box_test"):
-        os.makedirs(os.path.join(base, split), exist_ok=True)
-        for name in splits.get(split, ()):
-            save_image(os.path.join(base, split, name), stitched_pixels([(250, 0, 0), (0, 250, 0), (0, 0, 250)]))
-    return base
-
-
-def write_msvr310(root: str, splits: dict[str, Iterable[str]]) -> str:
-    base = os.path.join(root, "MSVR310")
-    for split in ("bounding_box_train", "query3", "bounding_box_test"):
-        os.makedirs(os.path.join(base, split), exist_ok=True)
-        for name in splits.get(split, ()):
-            for folder in ("vis", "ni", "th"):
-                save_image(os.path.join(base, split, name[:4], folder, name))
-    return base
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 
 def test_registry_names_and_unknown_name(tmp_path):
     assert {"RGBNT201", "RGBNT100", "MSVR310", "demo"} <= set(dataset_names())

@@ -13,19 +13,31 @@ import torch
 from configs import load_config
 from processor.hooks import HookBase, StopOnSignal
 from processor.trainer import RunExistsError, Trainer, TrainingInterrupted
-from tests.conftest import tiny_opts
+from tests.helpers import register_toy_backbone, tiny_opts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESUME_OPTS = {"SOLVER.MAX_EPOCHS": "2", "SOLVER.EVAL_PERIOD": "0"}
 
 
 def _trainer(demo_root, out, resume=False, **overrides):
-    return Trainer(load_config(None, tiny_opts(demo_root, str(out), **overrides)), resume=resume)
+    """A trainer of the toy backbone: what these tests check does not depend on the backbone's size."""
+    opts = {"MODEL.TRANSFORMER_TYPE": register_toy_backbone(), **overrides}
+    return Trainer(load_config(None, tiny_opts(demo_root, str(out), **opts)), resume=resume)
+
+
+@pytest.fixture(scope="module")
+def resume_reference(demo_root, tmp_path_factory):
+    """The uninterrupted run every resume test compares against, trained once."""
+    reference = _trainer(demo_root, tmp_path_factory.mktemp("resume_reference"), **RESUME_OPTS)
+    reference.train()
+    return reference
 
 
 def _losses(history):
     return [(h["epoch"], h["iteration"], h["loss"]) for h in history]
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_writes_outputs(trained_run):
     out, trainer, results = trained_run
     losses = [h["loss"] for h in trainer.history]
@@ -43,6 +55,7 @@ def test_training_lowers_the_loss_and_writes_outputs(trained_run):
     assert os.listdir(out / "tb")
 
 
+@pytest.mark.slow
 def test_new_run_does_not_overwrite_an_existing_one(trained_run, demo_root):
     out, _, _ = trained_run
     before = (out / "last.pth").read_bytes()
@@ -68,11 +81,11 @@ def _interrupt_at(trainer, step):
     trainer.hooks[stop_hook].trainer = trainer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_step", [3, None], ids=["mid-epoch", "epoch-end"])
-def test_resume_reproduces_the_uninterrupted_losses(demo_root, tmp_path, stop_step):
-    opts = {"SOLVER.MAX_EPOCHS": "2", "SOLVER.EVAL_PERIOD": "0"}
-    reference = _trainer(demo_root, tmp_path / "a", **opts)
-    reference.train()
+def test_resume_reproduces_the_uninterrupted_losses(demo_root, tmp_path, stop_step, resume_reference):
+    opts = RESUME_OPTS
+    reference = resume_reference
     expected = _losses(reference.history)
     epoch_len = len(reference.data.train_loader)
     stop = stop_step if stop_step is not None else epoch_len
@@ -100,6 +113,7 @@ def test_nan_loss_stops_with_a_message(demo_root, tmp_path):
         trainer.train()
 
 
+@pytest.mark.slow
 def test_same_losses_for_zero_and_two_workers(demo_root, tmp_path):
     runs = []
     for workers in ("0", "2"):
@@ -115,8 +129,9 @@ def _test_net(args, cwd=REPO):
                           timeout=600)
 
 
-def test_test_net_all_settings_in_one_pass(trained_run, demo_root, tmp_path):
-    out, _, _ = trained_run
+@pytest.mark.slow
+def test_test_net_all_settings_in_one_pass(vit_tiny_run, demo_root, tmp_path):
+    out, _, _ = vit_tiny_run
     proc = _test_net(tiny_opts(demo_root, str(tmp_path), **{"TEST.WEIGHT": str(out / "best.pth"),
                                                             "TEST.MISS": "all", "TEST.SAVE_FEATURES": "True"}))
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -133,8 +148,9 @@ def test_test_net_all_settings_in_one_pass(trained_run, demo_root, tmp_path):
     assert len(feats["names"]) == n == len(feats["camids"])
 
 
-def test_test_net_bad_weights_fail_cleanly(trained_run, demo_root, tmp_path):
-    out, _, _ = trained_run
+@pytest.mark.slow
+def test_test_net_bad_weights_fail_cleanly(vit_tiny_run, demo_root, tmp_path):
+    out, _, _ = vit_tiny_run
     results = tmp_path / "results.json"
     results.write_text("previous results")
     not_a_checkpoint = tmp_path / "notes.pth"
@@ -152,6 +168,7 @@ def test_test_net_bad_weights_fail_cleanly(trained_run, demo_root, tmp_path):
         assert results.read_text() == "previous results"
 
 
+@pytest.mark.slow
 def test_two_process_training_with_gloo(demo_root, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",

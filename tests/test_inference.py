@@ -1,5 +1,6 @@
 """Fast paths give the plain results: one-pass settings with shared CRM reconstructions, activation checkpointing."""
 
+import pytest
 import torch
 
 from configs import load_config
@@ -51,6 +52,7 @@ def test_activation_checkpointing_gives_the_same_outputs_and_gradients():
         torch.testing.assert_close(results[0][1][name], results[1][1][name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow  # torch.compile builds C++ kernels: minutes on a loaded 2-core machine
 def test_compiled_model_gives_the_same_features():
     """MODEL.COMPILE wraps the model in torch.compile; its features must equal eager ones (CPU, within 1e-5)."""
     model = _model().eval()

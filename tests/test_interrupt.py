@@ -7,10 +7,13 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import tiny_opts
+import pytest
+
+from tests.helpers import tiny_opts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ITER = re.compile(r"epoch (\d+) iter (\d+)/\d+: loss (\S+),")
+pytestmark = pytest.mark.slow  # train_net.py subprocesses
 
 
 def _iterations(log_text):
@@ -22,11 +25,21 @@ def _train(opts, extra=()):
                             stderr=subprocess.STDOUT, text=True)
 
 
-def test_sigterm_saves_and_resume_continues_identically(demo_root, tmp_path):
-    overrides = {"SOLVER.MAX_EPOCHS": "2", "SOLVER.EVAL_PERIOD": "0"}
-    reference = _train(tiny_opts(demo_root, str(tmp_path / "ref"), **overrides))
+OVERRIDES = {"SOLVER.MAX_EPOCHS": "2", "SOLVER.EVAL_PERIOD": "0"}
+
+
+@pytest.fixture(scope="module")
+def reference_iterations(demo_root, tmp_path_factory):
+    """(epoch, iteration, loss) of the uninterrupted train_net.py run, trained once for the module."""
+    out = tmp_path_factory.mktemp("interrupt_reference")
+    reference = _train(tiny_opts(demo_root, str(out), **OVERRIDES))
     assert reference.wait(timeout=600) == 0, reference.stdout.read()
-    expected = _iterations((tmp_path / "ref" / "train_log.txt").read_text())
+    return _iterations((out / "train_log.txt").read_text())
+
+
+def test_sigterm_saves_and_resume_continues_identically(demo_root, tmp_path, reference_iterations):
+    overrides = OVERRIDES
+    expected = reference_iterations
 
     out = tmp_path / "run"
     proc = _train(tiny_opts(demo_root, str(out), **overrides))

@@ -115,7 +115,7 @@ def fake_outputs(seed, heads=("tpm", "concat"), num_classes=10, with_crm=True):
 
 
 @pytest.mark.parametrize(("id_w", "tri_w", "crm_w", "no_margin"), [(1.0, 1.0, 1.0, True), (0.5, 2.0, 3.0, False)])
-def test_make_loss_terms_and_weights(id_w, tri_w, crm_w, no_margin):
+def test_build_loss_terms_and_weights(id_w, tri_w, crm_w, no_margin):
     cfg = get_cfg_defaults()
     cfg.MODEL.ID_LOSS_WEIGHT, cfg.MODEL.TRIPLET_LOSS_WEIGHT, cfg.MODEL.CRM_LOSS_WEIGHT = id_w, tri_w, crm_w
     cfg.MODEL.NO_MARGIN = no_margin
@@ -142,14 +142,14 @@ def test_make_loss_terms_and_weights(id_w, tri_w, crm_w, no_margin):
     assert outputs["losses"]["crm"].grad.item() == pytest.approx(crm_w)
 
 
-def test_make_loss_without_aux_losses():
+def test_build_loss_without_aux_losses():
     outputs, labels = fake_outputs(1, heads=("concat",), with_crm=False)
     total, terms = build_loss(get_cfg_defaults(), 10)(outputs, labels)
     assert set(terms) == {"concat.id", "concat.triplet"}
     assert total.item() == pytest.approx(terms["concat.id"].item() + terms["concat.triplet"].item(), rel=1e-6)
 
 
-def test_make_loss_errors():
+def test_build_loss_errors():
     loss = build_loss(get_cfg_defaults(), 10)
     outputs, labels = fake_outputs(2)
     outputs["losses"]["recon"] = torch.tensor(1.0)

@@ -130,6 +130,7 @@ def test_weights_of_another_architecture_raise_naming_the_file(tmp_path):
         load_model_weights(demo_model(**{"MODEL.TRANSFORMER_TYPE": "vit_small_patch16_224"}), str(original))
 
 
+@pytest.mark.slow
 def test_convert_checkpoint_command(tmp_path):
     source = demo_model()
     original = tmp_path / "TOPReID_120.pth"

@@ -22,6 +22,8 @@ from utils.spectra import MISS_SETTINGS, missing_spectra
 REFERENCE = Path(__file__).parent / "data" / "reference"
 BACKBONES = ("vit_base_patch16_224", "deit_small_patch16_224", "t2t_vit_t_24")
 
+pytestmark = pytest.mark.slow  # full-size backbones against the reference vectors
+
 
 def _reference_module():
     spec = importlib.util.spec_from_file_location("reference_weights", REFERENCE / "reference_weights.py")

@@ -176,7 +176,7 @@ def test_file_of_another_width_raises(tmp_path):
         load_imagenet_weights({"RGB": build_backbone("deit_small_patch16_224", SIZE)}, str(tmp_path / "tiny.pth"))
 
 
-def test_make_model_initialises_every_backbone_from_the_file(tmp_path):
+def test_build_model_initialises_every_backbone_from_the_file(tmp_path):
     state = timm_state("vit_tiny_patch16_224")
     torch.save(state, tmp_path / "w.pth")
     cfg = load_config(None, ["MODEL.TRANSFORMER_TYPE", "vit_tiny_patch16_224", "INPUT.SIZE_TRAIN", "[64,32]",

@@ -1,82 +1,19 @@
-"""Shared tool pieces: the command line, the checkpoint-derived model sizes, the one-line error exit; helpers that
-the other tools tests import."""
+"""Shared tool pieces: the command line, the checkpoint-derived model sizes, the one-line error exit."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from configs import load_config
 from data.build import build_query_gallery
 from data.datasets.base import unique_records
 from modeling.checkpoint import sizes_from_state
 from processor.predictor import Predictor
-from tests.conftest import tiny_opts
+from tests.helpers import assert_one_error_line, run_cli, tiny_opts, tool_opts
 from tools import common
 from utils.checkpoint import CheckpointError
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Helpers of the tools tests.
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the tiny demo model gains nothing from more, and on a shared 2-core machine two threads
-    contend badly. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tool_opts(trained_run, demo_root: str, output_dir, **overrides: str) -> list[str]:
-    """KEY VALUE pairs for a tool on the shared 2-epoch demo checkpoint."""
-    run_dir = trained_run[0]
-    return tiny_opts(demo_root, str(output_dir), **{"TEST.WEIGHT": str(Path(run_dir) / "best.pth"), **overrides})
-
-
-def run_cli(tool: str, args: list[str]) -> subprocess.CompletedProcess:
-    """``python tools/<tool>.py ARGS`` from the repository root."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "tools" / f"{tool}.py"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess, *words: str) -> str:
-    """Exit code 1, no traceback, exactly one ``error:`` line on stderr (the last), holding ``words``."""
-    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    for word in words:
-        assert word in errors[0], errors[0]
-    return errors[0]
-
-
-def read_png(path) -> np.ndarray:
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        return np.asarray(image.convert("RGB"))
-
-
-def assert_not_blank(image: np.ndarray) -> None:
-    """More than a handful of colours and real contrast."""
-    colours = np.unique(image.reshape(-1, 3), axis=0)
-    assert len(colours) > 16, len(colours)
-    assert image.std() > 10
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 
 def test_config_pairs_anywhere_on_the_line():
     parser = common.tool_parser("x")
@@ -117,6 +54,7 @@ def test_sizes_from_state_reads_classifier_and_camera_rows():
         sizes_from_state({"layer.weight": torch.zeros(3)}, "x.pth")
 
 
+@pytest.mark.slow
 def test_load_model_matches_training_model(trained_run, demo_root, tmp_path):
     """The tool's model (sizes read from the checkpoint) gives the trainer's test features."""
     out, trainer, _ = trained_run
@@ -136,6 +74,7 @@ def test_load_model_matches_training_model(trained_run, demo_root, tmp_path):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_record_features_runs_a_repeated_sample_once(trained_run, demo_root, tmp_path):
     cfg = load_config(None, tool_opts(trained_run, demo_root, tmp_path))
     loaded = Predictor.from_config(cfg)
@@ -147,6 +86,7 @@ def test_record_features_runs_a_repeated_sample_once(trained_run, demo_root, tmp
     assert not torch.equal(feats[0], feats[1])
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_is_one_error_line(trained_run, demo_root, tmp_path):
     result = run_cli("extract_features", ["--split", "query", *tool_opts(
         trained_run, demo_root, tmp_path, **{"MODEL.TRANSFORMER_TYPE": "vit_small_patch16_224"})])
@@ -154,6 +94,7 @@ def test_checkpoint_of_another_architecture_is_one_error_line(trained_run, demo_
     assert not list(tmp_path.glob("*.npz"))
 
 
+@pytest.mark.slow
 def test_missing_weight_is_one_error_line(demo_root, tmp_path):
     result = run_cli("tsne", [*tiny_opts(demo_root, str(tmp_path)), "TEST.WEIGHT", str(tmp_path / "nothing.pth")])
     assert_one_error_line(result, "nothing.pth")

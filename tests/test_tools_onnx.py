@@ -11,19 +11,21 @@ import pytest
 import torch
 
 from configs import load_config
-from tests.test_tools_common import one_thread, tool_opts  # noqa: F401  (one_thread: autouse fixture)
+from tests.helpers import tool_opts
 from tools import export_onnx
 from utils.spectra import missing_spectra
 
+pytestmark = pytest.mark.slow  # both tests export the model of a trained checkpoint
+
 
 @pytest.mark.parametrize("setting", ["nothing", "rt"])
-def test_onnx_features_match_pytorch(trained_run, demo_root, tmp_path, setting):
+def test_onnx_features_match_pytorch(vit_tiny_run, demo_root, tmp_path, setting):
     from data.build import build_dataloader
     from modeling import build_model
     from modeling.checkpoint import load_model_weights
 
     path = tmp_path / f"model_{setting}.onnx"
-    opts = tool_opts(trained_run, demo_root, tmp_path, **{"TEST.MISS": setting})
+    opts = tool_opts(vit_tiny_run, demo_root, tmp_path, **{"TEST.MISS": setting})  # vit_tiny: 3 x 192 features
     assert export_onnx.main([*opts, "--output", str(path), "--check-images", "5"]) == 0
     report = json.loads((tmp_path / f"model_{setting}.json").read_text())
     assert report["max_abs_diff"] < 1e-4 and report["check_images"] == 5

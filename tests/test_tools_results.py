@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.test_tools_common import assert_not_blank, assert_one_error_line, read_png, run_cli
+from tests.helpers import assert_not_blank, assert_one_error_line, read_png, run_cli
 from tools import plot_results
 from utils.spectra import MISS_SETTINGS
 
@@ -16,6 +16,7 @@ def _bar_colour_pixels(image: np.ndarray, colour: tuple[int, int, int]) -> int:
     return int((np.abs(image.astype(int) - np.array(colour)).sum(axis=2) <= 3).sum())
 
 
+@pytest.mark.slow
 def test_bars_of_two_runs_and_curves(trained_run, tmp_path):
     run_dir = trained_run[0]
     other = tmp_path / "other" / "results.json"
@@ -33,6 +34,7 @@ def test_bars_of_two_runs_and_curves(trained_run, tmp_path):
     assert _bar_colour_pixels(bars, (31, 119, 180)) > 200 and _bar_colour_pixels(bars, (255, 127, 14)) > 200
 
 
+@pytest.mark.slow
 def test_curves_read_the_trainers_scalars(trained_run):
     scalars = plot_results.read_scalars(str(trained_run[0]))
     assert {"train/loss", "lr", "eval/nothing/mAP", "eval/nothing/Rank-1"} <= set(scalars)
@@ -41,6 +43,7 @@ def test_curves_read_the_trainers_scalars(trained_run):
     assert values[-1] == pytest.approx(trained_run[2]["nothing"]["mAP"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_results_without_settings_is_one_error_line(tmp_path):
     bad = tmp_path / "results.json"
     bad.write_text(json.dumps({"epoch": 3, "checkpoint": "x.pth"}))

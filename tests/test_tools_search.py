@@ -10,22 +10,32 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_tools_common import one_thread, tool_opts  # noqa: F401  (one_thread: autouse fixture)
+from tests.helpers import tool_opts
 from tools import extract_features, search
+
+
+def _gallery_features(run, demo_root: str, out) -> str:
+    assert extract_features.main([*tool_opts(run, demo_root, out), "--split", "gallery"]) == 0
+    return out / "features_gallery_nothing.npz"
 
 
 @pytest.fixture(scope="module")
 def gallery_npz(trained_run, demo_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("features")
-    assert extract_features.main([*tool_opts(trained_run, demo_root, out), "--split", "gallery"]) == 0
-    return out / "features_gallery_nothing.npz"
+    return _gallery_features(trained_run, demo_root, tmp_path_factory.mktemp("features"))
 
 
-def test_extracted_split_has_labels_and_normalised_features(gallery_npz, demo_root):
+@pytest.fixture(scope="module")
+def vit_tiny_gallery_npz(vit_tiny_run, demo_root, tmp_path_factory):
+    """The gallery features of the vit_tiny checkpoint (3 x 192 dimensions)."""
+    return _gallery_features(vit_tiny_run, demo_root, tmp_path_factory.mktemp("vit_tiny_features"))
+
+
+@pytest.mark.slow
+def test_extracted_split_has_labels_and_normalised_features(vit_tiny_gallery_npz, demo_root):
     from data.datasets import build_dataset
 
     gallery = build_dataset("demo", demo_root).gallery
-    z = np.load(gallery_npz)
+    z = np.load(vit_tiny_gallery_npz)
     assert z["features"].shape == (len(gallery), 3 * 192) and z["features"].dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(z["features"], axis=1), 1, atol=1e-5)
     assert list(z["names"]) == [r.name for r in gallery]
@@ -33,6 +43,7 @@ def test_extracted_split_has_labels_and_normalised_features(gallery_npz, demo_ro
     assert str(z["setting"]) == "nothing" and bool(z["normalized"])
 
 
+@pytest.mark.slow
 def test_search_finds_each_item_given_itself(gallery_npz, tmp_path):
     out = tmp_path / "matches.json"
     assert search.main(["--gallery", str(gallery_npz), "--query-npz", str(gallery_npz), "--topk", "5",
@@ -49,6 +60,7 @@ def test_search_finds_each_item_given_itself(gallery_npz, tmp_path):
         assert distances == sorted(distances)
 
 
+@pytest.mark.slow
 def test_folder_to_memory_mapped_npy_and_csv(trained_run, demo_root, gallery_npz, tmp_path):
     """A folder laid out like RGBNT201 -> memory-mapped .npy + labels (the split's features: same images, same
     cameras); searching it with the split's features finds the same images first."""
@@ -74,6 +86,7 @@ def test_folder_to_memory_mapped_npy_and_csv(trained_run, demo_root, gallery_npz
     assert all(r["gallery_name"] == r["query_name"] for r in rows)
 
 
+@pytest.mark.slow
 def test_folder_queries_and_unparsed_names(trained_run, demo_root, gallery_npz, tmp_path):
     """--folder queries are extracted with the model; names that do not parse get pid/camid -1."""
     folder = tmp_path / "queries"
@@ -117,11 +130,12 @@ def test_topk_search_equals_a_full_sort(normalize):
     assert sorted(index[0].tolist()) == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_search_input_errors(gallery_npz, tmp_path):
     assert search.main(["--gallery", str(tmp_path / "none.npz"), "--query-npz", str(gallery_npz)]) == 1
     other = tmp_path / "other.npz"
     np.savez(other, features=np.ones((3, 5), np.float32), names=np.array(["a", "b", "c"]))
-    assert search.main(["--gallery", str(gallery_npz), "--query-npz", str(other)]) == 1  # 5 vs 576 dimensions
+    assert search.main(["--gallery", str(gallery_npz), "--query-npz", str(other)]) == 1  # 5 vs the gallery's dimensions
     assert search.main(["--gallery", str(gallery_npz)]) == 1  # no queries
 
 

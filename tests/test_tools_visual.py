@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from configs import load_config
-from tests.test_tools_common import (  # noqa: F401  (one_thread: autouse fixture)
-    assert_not_blank,
-    assert_one_error_line,
-    one_thread,
-    read_png,
-    run_cli,
-    tool_opts,
-)
+from tests.helpers import assert_not_blank, assert_one_error_line, read_png, run_cli, tool_opts
 from tools import grad_cam, rank_list, tsne
 
 
+@pytest.mark.slow
 def test_tsne_png(trained_run, demo_root, tmp_path):
     out = tmp_path / "tsne.png"
     assert tsne.main([*tool_opts(trained_run, demo_root, tmp_path), "--max-ids", "6", "--size", "400",
@@ -34,11 +29,13 @@ def test_tsne_png(trained_run, demo_root, tmp_path):
         assert (np.abs(image.astype(int) - colour).sum(axis=2) <= 3).sum() > 20, colour
 
 
+@pytest.mark.slow
 def test_tsne_default_output_under_output_dir(trained_run, demo_root, tmp_path):
     assert tsne.main([*tool_opts(trained_run, demo_root, tmp_path, **{"TEST.MISS": "rn"}), "--max-ids", "3"]) == 0
     assert read_png(tmp_path / "tsne_rn.png").shape == (800, 800, 3)
 
 
+@pytest.mark.slow
 def test_grad_cam_maps_and_grid(trained_run, demo_root, tmp_path):
     out = tmp_path / "cam.png"
     samples = [0, 5, 130]  # identity 41 (cameras 1, 2) and another identity
@@ -67,6 +64,7 @@ def test_grad_cam_maps_and_grid(trained_run, demo_root, tmp_path):
     assert (overlay[..., 2] - overlay[..., 0] > 60).any() and (overlay[..., 0] - overlay[..., 2] > 60).any()
 
 
+@pytest.mark.slow
 def test_grad_cam_missing_setting_and_reference(trained_run, demo_root, tmp_path):
     assert grad_cam.main([*tool_opts(trained_run, demo_root, tmp_path, **{"TEST.MISS": "r"}), "--samples", "1", "2",
                           "--reference", "3"]) == 0
@@ -83,8 +81,9 @@ def test_grad_cam_target_gradient_is_the_feature_direction():
     torch.testing.assert_close(feature.grad, direction)
 
 
-def test_grad_cam_unknown_sample_is_one_error_line(trained_run, demo_root, tmp_path):
-    result = run_cli("grad_cam", [*tool_opts(trained_run, demo_root, tmp_path), "--samples", "0", "4800"])
+@pytest.mark.slow
+def test_grad_cam_unknown_sample_is_one_error_line(vit_tiny_run, demo_root, tmp_path):
+    result = run_cli("grad_cam", [*tool_opts(vit_tiny_run, demo_root, tmp_path), "--samples", "0", "4800"])
     assert_one_error_line(result, "sample index 4800", "0..479")
     assert not list(tmp_path.glob("*.png"))
 
@@ -106,6 +105,7 @@ def _reference_ranking(trained_run, demo_root, tmp_path):
     return feats[:nq], feats[nq:], extracted.pids, extracted.camids, nq
 
 
+@pytest.mark.slow
 def test_rank_list_matches_evaluation_and_frames(trained_run, demo_root, tmp_path):
     qf, gf, pids, camids, nq = _reference_ranking(trained_run, demo_root, tmp_path)
     g_pids, g_cams = pids[nq:], camids[nq:]
@@ -151,6 +151,7 @@ def test_rank_list_matches_evaluation_and_frames(trained_run, demo_root, tmp_pat
     assert seen == {True, False}
 
 
+@pytest.mark.slow
 def test_rank_list_random_queries_are_reproducible(trained_run, demo_root, tmp_path):
     opts = tool_opts(trained_run, demo_root, tmp_path, **{"TEST.MISS": "nt"})
     for name in ("a", "b"):
