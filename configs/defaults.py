@@ -19,7 +19,8 @@ RULES: dict[str, Rule] = {}
 _C.MODEL = CN()
 _C.MODEL.DEVICE = "auto"  # auto | cpu | cuda | cuda:N
 RULES["MODEL.DEVICE"] = device
-_C.MODEL.TRANSFORMER_TYPE = "vit_base_patch16_224"  # any timm ViT/DeiT name, t2t_vit_t_14, t2t_vit_t_24
+# any timm ViT/DeiT name, a timm CLIP tower (vit_base_patch16_clip_quickgelu_224, ...), t2t_vit_t_14, t2t_vit_t_24
+_C.MODEL.TRANSFORMER_TYPE = "vit_base_patch16_224"
 RULES["MODEL.TRANSFORMER_TYPE"] = backbone
 _C.MODEL.PRETRAIN_CHOICE = "imagenet"
 RULES["MODEL.PRETRAIN_CHOICE"] = one_of("imagenet", "none")
@@ -35,6 +36,9 @@ _C.MODEL.DROP_OUT = 0.0
 RULES["MODEL.DROP_OUT"] = number(0.0, 1.0, hi_open=True)
 _C.MODEL.ATT_DROP_RATE = 0.0
 RULES["MODEL.ATT_DROP_RATE"] = number(0.0, 1.0, hi_open=True)
+# One backbone for every spectrum (their images batched through it together) instead of one per spectrum; TPM, CRM
+# and the heads are unchanged. Checkpoints of the original code (one backbone per spectrum) do not load into it.
+_C.MODEL.SHARED_BACKBONE = False
 _C.MODEL.SPECTRA = ["RGB", "NI", "TI"]  # spectra the model uses (single/dual-spectrum ablations)
 RULES["MODEL.SPECTRA"] = spectra
 _C.MODEL.BASE = False  # baseline without TPM and CRM
@@ -102,6 +106,10 @@ RULES["SOLVER.MAX_EPOCHS"] = number(1, integer=True)
 _C.SOLVER.BASE_LR = 0.009
 RULES["SOLVER.BASE_LR"] = number(0.0, lo_open=True)
 _C.SOLVER.LARGE_FC_LR = False
+# Backbone learning rate = BASE_LR x this factor through the whole schedule (warm-up start and floor included); TPM,
+# CRM and the heads keep BASE_LR. 1.0 is the original (one rate for everything).
+_C.SOLVER.BACKBONE_LR_FACTOR = 1.0
+RULES["SOLVER.BACKBONE_LR_FACTOR"] = number(0.0, lo_open=True)
 _C.SOLVER.BIAS_LR_FACTOR = 2.0
 RULES["SOLVER.BIAS_LR_FACTOR"] = number(0.0, lo_open=True)
 _C.SOLVER.MOMENTUM = 0.9

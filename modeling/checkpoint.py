@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 # Config keys that decide the model's architecture (with the number of identities and cameras, all of it).
 ARCH_KEYS = ("MODEL.TRANSFORMER_TYPE", "MODEL.SPECTRA", "MODEL.BASE", "MODEL.RE", "MODEL.DIRECT", "MODEL.RE_LAYER",
-             "MODEL.TPM_HEADS", "MODEL.SIE_CAMERA", "MODEL.STRIDE_SIZE", "INPUT.SIZE_TRAIN", "TEST.NECK_FEAT")
+             "MODEL.TPM_HEADS", "MODEL.SIE_CAMERA", "MODEL.STRIDE_SIZE", "INPUT.SIZE_TRAIN", "TEST.NECK_FEAT",
+             "MODEL.SHARED_BACKBONE")
 
 
 def cfg_get(cfg: CfgNode, key: str) -> Any:
@@ -118,6 +119,10 @@ def load_model_weights(model: nn.Module, state_dict_or_path: str | os.PathLike |
         obj = state_dict_or_path
     heads = model.heads.keys() if isinstance(getattr(model, "heads", None), nn.ModuleDict) else None
     state, dropped, original = project_state_dict(obj, name, heads)
+    if original and getattr(getattr(model, "backbones", None), "is_shared", False):
+        raise CheckpointError(f"{name}: a checkpoint of the original TOP-ReID code has one backbone per spectrum; it "
+                              "cannot be converted into a model with MODEL.SHARED_BACKBONE True (set "
+                              "MODEL.SHARED_BACKBONE False)")
     problems = IncompatibleKeys.compare(model.state_dict(), state).report()
     if problems:
         layout = "original TOP-ReID layout" if original else "this project's layout"

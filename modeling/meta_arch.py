@@ -1,8 +1,8 @@
-"""The TOP-ReID meta-architecture: one backbone per spectrum, TPM, CRM and BNNeck heads."""
+"""The TOP-ReID meta-architecture: one backbone per spectrum (or one shared by all), TPM, CRM and BNNeck heads."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -15,12 +15,57 @@ from utils.spectra import SPECTRA
 TrainOutput = dict[str, dict[str, object]]
 
 
+class SpectrumBackbones(nn.Module):
+    """The backbone of each spectrum, read as a mapping (``backbones[s]``, ``items()``, ``in``, iteration in spectrum
+    order). Separate modules are stored under their spectrum (state_dict ``backbones.<S>.*``); one module given for
+    every spectrum is stored once, as ``backbones.shared.*`` (``is_shared``), so its keys are unambiguous."""
+
+    def __init__(self, backbones: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        self.spectra: tuple[str, ...] = tuple(backbones)
+        distinct = {id(m) for m in backbones.values()}
+        self.is_shared = len(self.spectra) > 1 and len(distinct) == 1
+        if not self.is_shared and len(distinct) != len(self.spectra):
+            raise ValueError("some spectra share a backbone and others do not: give one backbone per spectrum, or "
+                             "the same one for all (MODEL.SHARED_BACKBONE)")
+        if self.is_shared:
+            self.shared = backbones[self.spectra[0]]
+        else:
+            for spectrum, module in backbones.items():
+                self.add_module(spectrum, module)
+
+    def __getitem__(self, spectrum: str) -> nn.Module:
+        if spectrum not in self.spectra:
+            raise KeyError(spectrum)
+        return self.shared if self.is_shared else self._modules[spectrum]
+
+    def __contains__(self, spectrum: object) -> bool:
+        return spectrum in self.spectra
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.spectra)
+
+    def __len__(self) -> int:
+        return len(self.spectra)
+
+    def keys(self) -> tuple[str, ...]:
+        return self.spectra
+
+    def items(self) -> list[tuple[str, nn.Module]]:
+        return [(s, self[s]) for s in self.spectra]
+
+    def values(self) -> list[nn.Module]:
+        return [self[s] for s in self.spectra]
+
+
 class TOPReID(nn.Module):
     """TOP-ReID over the spectra named by the keys of ``backbones`` (in that order).
 
     - Full model: TPM on the backbone tokens (head ``"tpm"`` on its [B, nD] output), CRM (``use_crm``), and a second
       head: ``direct`` -> ``"concat"`` on the concatenated CLS tokens, otherwise one head per spectrum on its CLS.
     - ``base``: no TPM and no CRM; heads ``"concat"`` or one per spectrum; test feature = the concatenated CLS tokens.
+    - The same module given for every spectrum is one shared backbone (:class:`SpectrumBackbones`): the spectra's
+      images are concatenated along the batch (in ``spectra`` order), run through it once, and split again.
 
     Train mode: ``forward(images, cam_label)`` -> ``{"heads": {name: (logits, feature before BNNeck)},
     "losses": {"crm": scalar}}`` ("losses" is empty without CRM). Eval mode: ``forward(images, cam_label, missing)``
@@ -53,7 +98,7 @@ class TOPReID(nn.Module):
         self.dim = dims[spectra[0]]
         self.feat_dim = len(spectra) * self.dim
         self.base, self.direct, self.neck_feat = base, direct, neck_feat
-        self.backbones = nn.ModuleDict(backbones)
+        self.backbones = SpectrumBackbones(backbones)
         heads = num_heads or next(iter(backbones.values())).default_heads
         if self.dim % heads:
             raise ValueError(f"backbone width {self.dim} is not divisible by {heads} TPM/CRM heads; set "
@@ -77,7 +122,13 @@ class TOPReID(nn.Module):
         unknown = sorted(set(images) - set(SPECTRA))
         if unknown:
             raise ValueError(f"unknown spectra {unknown} in images; known: {', '.join(SPECTRA)}")
-        return {s: self.backbones[s](images[s], cam_label) for s in self.spectra if s in images}
+        present = [s for s in self.spectra if s in images]
+        if self.backbones.is_shared and len(present) > 1:
+            batch = [images[s].shape[0] for s in present]
+            cams = None if cam_label is None else cam_label.repeat(len(present))
+            tokens = self.backbones.shared(torch.cat([images[s] for s in present]), cams)
+            return dict(zip(present, tokens.split(batch)))
+        return {s: self.backbones[s](images[s], cam_label) for s in present}
 
     def resolve_missing(self, missing: Collection[str]) -> frozenset[str]:
         """The model's spectra named in ``missing``; raises for unknown names or when nothing would be left."""

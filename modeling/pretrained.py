@@ -5,6 +5,14 @@ DeiT files wrapped in ``model`` (plain or distilled), T2T ``.pth.tar`` files wit
 ``state_dict``, and timm ``.safetensors``. The classifier is dropped, a distilled file loses its distillation token
 (also its row of the position table), and the square position grid of the file is resized bilinearly to the
 model's patch grid with the CLS row kept. The patch convolution is loaded as it is (kernel 16 whatever the stride).
+
+CLIP image towers: files in timm's layout load as above (the projection ``head.*`` is dropped); files in the OpenAI /
+open_clip layout (``visual.conv1.weight``, ``visual.transformer.resblocks.N.attn.in_proj_weight``, ...; open_clip
+training checkpoints wrap it in ``state_dict`` with ``module.``) are renamed by timm's own conversion
+(``timm.models.vision_transformer._convert_openai_clip``), which turns the projection ``proj`` into ``head.*`` (then
+dropped, and reported) and leaves the text tower out; open_clip files with a timm trunk (``visual.trunk.*``) lose
+the prefix. OpenAI's ``ViT-B-16.pt`` is a TorchScript archive, which is never loaded here: ``tools/convert_clip.py``
+turns it into a safetensors file once.
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from timm.layers import resample_abs_pos_embed
+from timm.layers import QuickGELU, resample_abs_pos_embed
+from timm.models.vision_transformer import _convert_openai_clip
 from torch import nn
 
 from utils.checkpoint import CheckpointError, IncompatibleKeys, safe_load, summarize_keys, unwrap_state_dict
@@ -26,15 +35,35 @@ _WRAPPERS = ("state_dict_ema", "state_dict", "model")
 _CLASSIFIER_PREFIXES = ("head.", "head_dist.", "pre_logits.", "fc.")
 _DISTILLATION = ("dist_token",)
 _NOT_IN_IMAGENET = ("sie_embed",)  # parameters of this project that ImageNet files never hold
+_OPEN_CLIP_TRUNK = "visual.trunk."
+# Safetensors metadata written by tools/convert_clip.py: the activation the weights were trained with.
+ACTIVATION_METADATA = "activation"
+
+
+def clip_to_timm(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], str]:
+    """A CLIP image tower in the OpenAI / open_clip layout renamed to timm's names with timm's conversion:
+    (state_dict, keys left out (the text tower), the layout's name); any other state_dict comes back unchanged with
+    an empty layout name. ``proj`` becomes ``head.weight`` (transposed) and a zero ``head.bias``, as timm does."""
+    for prefix in ("visual.", ""):
+        if f"{prefix}class_embedding" in state:
+            # timm's conversion reads only the keys (the model argument is unused by it)
+            converted = _convert_openai_clip(dict(state), None, prefix=prefix)  # type: ignore[arg-type]
+            return converted, [k for k in state if not k.startswith(prefix)], "OpenAI CLIP layout"
+    if any(k.startswith(_OPEN_CLIP_TRUNK) for k in state):
+        return ({k[len(_OPEN_CLIP_TRUNK):]: v for k, v in state.items() if k.startswith(_OPEN_CLIP_TRUNK)},
+                [k for k in state if not k.startswith(_OPEN_CLIP_TRUNK)], "open_clip timm-trunk layout")
+    return dict(state), [], ""
 
 
 def unwrap_imagenet_state_dict(obj: Mapping[str, Any], path: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The backbone state_dict inside a file and the keys dropped from it: wrappers removed, ``module.`` stripped,
     classifier and distillation token dropped (a distilled file's position table loses its second row)."""
     state = unwrap_state_dict(obj, f"{path} (MODEL.PRETRAIN_PATH_T)", wrappers=_WRAPPERS, tensors_only=True)
+    state, other_tower, _ = clip_to_timm(state)
     distilled = "dist_token" in state
     dropped = [k for k in state if k.startswith(_CLASSIFIER_PREFIXES) or k in _DISTILLATION]
     state = {k: v for k, v in state.items() if k not in dropped}
+    dropped = other_tower + dropped
     if distilled and "pos_embed" in state:
         pos = state["pos_embed"]
         state["pos_embed"] = torch.cat([pos[:, :1], pos[:, 2:]], dim=1)  # rows: CLS, distillation, patches
@@ -54,8 +83,9 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid_size: tuple[int, int], path: 
 
 
 def load_imagenet_weights(backbones: Mapping[str, nn.Module], path: str) -> None:
-    """Initialise every backbone from the same ImageNet file. Raises :class:`CheckpointError` for a missing file,
-    or when the file lacks a backbone weight or holds one of another shape; logs one line per file."""
+    """Initialise every backbone from the same ImageNet file (a backbone shared by several spectra once). Raises
+    :class:`CheckpointError` for a missing file, or when the file lacks a backbone weight or holds one of another
+    shape; logs one line per file."""
     if not path:
         raise CheckpointError("MODEL.PRETRAIN_PATH_T is empty but MODEL.PRETRAIN_CHOICE is 'imagenet'; give the path "
                               "of the ImageNet weights, or set MODEL.PRETRAIN_CHOICE none (random init)")
@@ -65,8 +95,11 @@ def load_imagenet_weights(backbones: Mapping[str, nn.Module], path: str) -> None
         raise CheckpointError(f"{err} (MODEL.PRETRAIN_PATH_T; ImageNet weights are never downloaded, place the file "
                               "there or set MODEL.PRETRAIN_CHOICE none)") from None
     source, dropped = unwrap_imagenet_state_dict(raw, path)
-    report = ""
+    distinct: dict[int, tuple[nn.Module, list[str]]] = {}
     for spectrum, backbone in backbones.items():
+        distinct.setdefault(id(backbone), (backbone, []))[1].append(spectrum)
+    report = ""
+    for backbone, spectra in distinct.values():
         state = dict(source)
         resized = ""
         if "pos_embed" in state:
@@ -80,13 +113,31 @@ def load_imagenet_weights(backbones: Mapping[str, nn.Module], path: str) -> None
         problems = keys.report(unexpected=False)  # ImageNet files hold more than a backbone uses
         if problems:
             raise CheckpointError(f"{path} (MODEL.PRETRAIN_PATH_T) does not fit the {backbone.name} backbone of "
-                                  f"{spectrum}: {problems}")
+                                  f"{'/'.join(spectra)}: {problems}")
         unexpected = keys.unexpected
         backbone.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
         absent = [k for k in expected if k not in state]
         report = ", ".join(filter(None, [
             f"{len(expected) - len(absent)} tensors", resized,
-            f"dropped (classifier / distillation): {summarize_keys(dropped)}" if dropped else "",
+            f"dropped (classifier / CLIP projection and text tower / distillation): {summarize_keys(dropped)}"
+            if dropped else "",
             f"unused in the file: {summarize_keys(unexpected)}" if unexpected else "",
             f"not in the file (initialised here): {', '.join(absent)}" if absent else ""]))
-    logger.info("ImageNet weights %s -> backbones %s: %s", path, ", ".join(backbones), report)
+        _check_activation(path, backbone)
+    names = ", ".join("/".join(spectra) + (" (one shared backbone)" if len(spectra) > 1 else "")
+                      for _, spectra in distinct.values())
+    logger.info("ImageNet weights %s -> backbones %s: %s", path, names, report)
+
+
+def _check_activation(path: str, backbone: nn.Module) -> None:
+    """Warn when a file converted by tools/convert_clip.py (QuickGELU, OpenAI's CLIP) goes into a GELU backbone."""
+    if not path.endswith(".safetensors"):
+        return
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        activation = (f.metadata() or {}).get(ACTIVATION_METADATA)
+    if activation == "quick_gelu" and not any(isinstance(m, QuickGELU) for m in backbone.modules()):
+        logger.warning("%s holds weights trained with QuickGELU (OpenAI's CLIP), but the %s backbone uses GELU: use "
+                       "the *_clip_quickgelu_* name (vit_base_patch16_clip_quickgelu_224 for ViT-B/16) to keep the "
+                       "activation the weights were trained with", path, backbone.name)

@@ -44,10 +44,15 @@ class LRScheduler(HookBase):
     def before_epoch(self) -> None:
         t = self.trainer
         t.scheduler.step(t.epoch)
-        lr = t.optimizer.param_groups[0]["lr"]
-        logger.info("epoch %d/%d, lr %.2e, %d iterations", t.epoch, t.max_epochs, lr, t.iters_per_epoch)
+        groups = t.optimizer.param_groups
+        lr = next((g["lr"] for g in groups if g.get("lr_scale", 1.0) == 1.0), groups[0]["lr"])
+        scaled = {g["name"]: g["lr"] for g in groups if g.get("lr_scale", 1.0) != 1.0 and "name" in g}
+        logger.info("epoch %d/%d, lr %.2e%s, %d iterations", t.epoch, t.max_epochs, lr,
+                    "".join(f", {name} lr {value:.2e}" for name, value in scaled.items()), t.iters_per_epoch)
         if t.writer is not None:
             t.writer.add_scalar("lr", lr, t.epoch)
+            for name, value in scaled.items():
+                t.writer.add_scalar(f"lr/{name.replace(' ', '_')}", value, t.epoch)
 
 
 class MetricLogger(HookBase):

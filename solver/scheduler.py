@@ -8,6 +8,8 @@ During warm-up (epochs t < WARMUP_ITERS) a group's lr is warmup_lr_init + t / WA
 from WARMUP_ITERS on, lr_min + (its lr - lr_min)(1 + cos(pi t / MAX_EPOCHS)) / 2, and lr_min from MAX_EPOCHS on.
 The cosine counts from epoch 0, not from the end of the warm-up, so the warm-up ends slightly below the group's lr
 (0.983 x for 10 of 120 epochs), as in the original.
+A group with an ``lr_scale`` (the backbone's, SOLVER.BACKBONE_LR_FACTOR, see :func:`solver.optimizer.param_groups`)
+gets that schedule times its scale, warm-up start and floor included (timm applies ``lr_scale`` to every value).
 """
 
 from __future__ import annotations

@@ -35,7 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def parts_of(model: nn.Module) -> dict[str, str]:
     """Display name -> module path (relative to the model) of each part."""
-    parts = {f"backbone {s}": f"backbones.{s}" for s in model.spectra}
+    if model.backbones.is_shared:
+        parts = {f"backbone (shared by {'/'.join(model.spectra)})": "backbones.shared"}
+    else:
+        parts = {f"backbone {s}": f"backbones.{s}" for s in model.spectra}
     if model.tpm is not None:
         parts["TPM"] = "tpm"
     if model.crm is not None:

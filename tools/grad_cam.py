@@ -95,11 +95,16 @@ class StackedSpectra(nn.Module):
         return self.model(images, self.cams, self.missing)
 
 
-def tokens_to_map(grid: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """reshape_transform for ViT tokens: [B, 1 + N, D] -> [B, D, rows, cols] (CLS dropped, patches on the grid)."""
+def tokens_to_map(grid: tuple[int, int], part: tuple[int, int] = (0, 1)) -> Callable[[torch.Tensor], torch.Tensor]:
+    """reshape_transform for ViT tokens: [B, 1 + N, D] -> [B, D, rows, cols] (CLS dropped, patches on the grid).
+
+    ``part`` = (index, count): the block's batch holds ``count`` spectra one after the other (a shared backbone runs
+    them together) and the map is of the ``index``-th."""
     rows, cols = grid
+    index, count = part
 
     def reshape(tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.chunk(count)[index] if count > 1 else tokens
         patches = tokens[:, 1:]
         if patches.shape[1] != rows * cols:
             raise ValueError(f"{patches.shape[1]} patch tokens do not fill the {rows}x{cols} patch grid")
@@ -118,10 +123,13 @@ def grad_cam_maps(model: nn.Module, images: dict[str, torch.Tensor], cams: torch
     stacked = torch.cat([images[s] for s in spectra], dim=1)
     targets = [FeatureDirectionTarget(d) for d in directions]
     maps = {}
+    # a shared backbone runs the available spectra as one batch, in the model's spectrum order
+    batched = [s for s in model.spectra if s in images] if model.backbones.is_shared else []
     for spectrum in spectra:
         backbone = model.backbones[spectrum]
+        part = (batched.index(spectrum), len(batched)) if len(batched) > 1 else (0, 1)
         cam = GradCAM(model=wrapper, target_layers=[backbone.blocks[-1]],
-                      reshape_transform=tokens_to_map(tuple(backbone.grid_size)))
+                      reshape_transform=tokens_to_map(tuple(backbone.grid_size), part))
         try:
             with torch.enable_grad():
                 maps[spectrum] = cam(input_tensor=stacked, targets=targets)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,11 @@ def safe_load(path: str) -> dict[str, Any]:
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file not found: {path}")
+    if is_torchscript_archive(path):
+        raise CheckpointError(
+            f"{path}: refused to load: a TorchScript archive (such as OpenAI's CLIP ViT-B-16.pt) holds code, and "
+            "training reads weights only. Convert it once into a safetensors file with `python tools/convert_clip.py "
+            f"--input {path} --output clip_vitb16.safetensors` and give that file instead")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -68,6 +74,18 @@ def safe_load(path: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
+
+
+def is_torchscript_archive(path: str) -> bool:
+    """True for a TorchScript archive (``torch.jit.save``): a zip holding ``constants.pkl``, which ``torch.save``
+    files never have (the test torch itself uses)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,9 +1,17 @@
-"""ViT / DeiT backbones built from timm, returning every token of the last layer.
+"""ViT / DeiT / CLIP image-tower backbones built from timm, returning every token of the last layer.
 
 The timm model supplies the modules (patch embedding, blocks with fused attention, norms); this wrapper adds what
 re-identification needs on top: an overlapping patch embedding (stride below the patch size), the camera embedding
 (SIE) added with the position table, and activation checkpointing. Parameter names are timm's, so timm ImageNet
 checkpoints load by name.
+
+CLIP image towers (timm's ``vit_*_clip_*`` names, e.g. ``vit_base_patch16_clip_224``) are the same VisionTransformer
+with ``pre_norm=True``: a LayerNorm (``norm_pre``, CLIP's ``ln_pre``) after the position table and a bias-free patch
+convolution; the final ``norm`` (CLIP's ``ln_post``) is applied to every token, as CLIP-ReID does before its
+projection, so the token output has the same meaning as for the other ViTs. OpenAI's CLIP was trained with
+QuickGELU: its weights belong in the ``*_clip_quickgelu_*`` variants (``vit_base_patch16_clip_quickgelu_224``); the
+plain names use GELU (open_clip / LAION weights). The camera embedding is added to every token with the position
+table, before ``norm_pre``, as for the other ViTs (CLIP-ReID adds it to the CLS token only).
 """
 
 from __future__ import annotations
@@ -38,7 +46,8 @@ class OverlapPatchEmbed(PatchEmbed):
 
 
 class ViTBackbone(nn.Module):
-    """A timm ViT/DeiT (``vit_*``, ``deit_*``) as a token extractor: ``forward(x, cam_label) -> [B, 1 + N, D]``.
+    """A timm ViT/DeiT/CLIP tower (``vit_*``, ``deit_*``) as a token extractor:
+    ``forward(x, cam_label) -> [B, 1 + N, D]``.
     ``timm_kwargs`` go to ``timm.create_model`` (``depth``, ``embed_dim``, ... for a smaller variant).
 
     Tokens = [CLS, patches] + position table (+ ``sie_coe * sie_embed[camid]`` when built with more than one
@@ -63,6 +72,9 @@ class ViTBackbone(nn.Module):
             raise ValueError(f"MODEL.TRANSFORMER_TYPE {name!r} is not a plain ViT/DeiT with a class token and a "
                              "learned position table (distilled, register-token, pooled-only and hybrid models are "
                              "not supported as backbones)")
+        if not isinstance(vit.fc_norm, nn.Identity):
+            raise ValueError(f"MODEL.TRANSFORMER_TYPE {name!r} normalises only its pooled feature (fc_norm), not its "
+                             "tokens; token outputs need a final norm over every token")
         self.name = name
         self.patch_embed = vit.patch_embed
         self.cls_token = vit.cls_token
@@ -93,12 +105,13 @@ class ViTBackbone(nn.Module):
 
 
 def is_timm_vit(name: str) -> bool:
-    """timm ``vit_*`` / ``deit_*`` model names, distilled ones excepted (a name lookup, nothing is built)."""
+    """timm ``vit_*`` / ``deit_*`` model names (CLIP towers ``vit_*_clip_*`` included), distilled ones excepted (a
+    name lookup, nothing is built)."""
     return name.startswith(("vit_", "deit_")) and "distilled" not in name and timm.is_model(name)
 
 
-@register_backbone(matches=is_timm_vit, hint="a timm ViT/DeiT name such as vit_base_patch16_224, "
-                                             "deit_small_patch16_224, vit_tiny_patch16_224")
+@register_backbone(matches=is_timm_vit, hint="a timm ViT/DeiT/CLIP name such as vit_base_patch16_224, "
+                                             "deit_small_patch16_224, vit_base_patch16_clip_quickgelu_224")
 def build_vit(name: str, img_size: Sequence[int], **options) -> ViTBackbone:
     return ViTBackbone(name, img_size, **options)
 
