@@ -10,7 +10,13 @@ checkpointing: time and peak memory in a fresh process); (4) the input pipeline:
 per sample and with DATALOADER.CACHE_IMAGES, against a plain per-spectrum PIL + torchvision pipeline, on RGBNT201
 (three files) and RGBNT100 (one stitched file) layouts, with camera-like pictures and with uniform noise (the
 decoder's worst case);
-(5) CUDA train samples/s at batch 128 with mixed precision, when a GPU is present.
+(5) `loader`: the training loader's samples/s per worker with DATALOADER.CACHE_IMAGES on a synthetic RGBNT201-like set,
+and the workers needed for 1,500 samples/s (extrapolated); (6) `cuda`: the train step of ViT-B/16, DeiT-S/16 and
+T2T-ViT-24 at batch 128 in fp32, bf16 and bf16 with compiled blocks (samples/s, MFU, peak memory); (7) `epoch`: an
+epoch of a synthetic RGBNT201-sized set through the real Trainer and loader; (8) `eval`: the seven-setting table on a
+1,715 x 8,575 test set. (6)-(8) need a GPU, or `--smoke` (tiny sizes, any device; see benchmarks/bench_gpu.py).
+
+    bash benchmarks/device_check.sh   # on a GPU machine: CUDA tests and sections (6)-(8), into ${OUT:-bench_out}
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks import bench_gpu  # noqa: E402
+from benchmarks.synthetic import pixels  # noqa: E402
 from configs import load_config  # noqa: E402
 
 
@@ -120,18 +128,6 @@ def bench_train_step(backbone: str, size: tuple[int, int], batch: int, steps: in
     return out
 
 
-def _pixels(rng: np.random.Generator, height: int, width: int, content: str) -> np.ndarray:
-    """A uint8 [H, W, 3] picture: "photo" is a smooth random colour field with mild sensor noise (compresses like
-    a camera picture), "noise" is uniform noise in every pixel (the worst case for a JPEG decoder)."""
-    if content == "noise":
-        return rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-    import cv2
-
-    coarse = rng.uniform(0, 255, (height // 16 + 1, width // 16 + 1, 3)).astype(np.float32)
-    smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    return np.clip(smooth + rng.normal(0, 4, smooth.shape), 0, 255).astype(np.uint8)
-
-
 def _write_tree(root: Path, layout: str, n: int, content: str) -> list:
     """A synthetic tree of real-sized JPEGs in one data set layout; returns its records."""
     from PIL import Image
@@ -144,21 +140,21 @@ def _write_tree(root: Path, layout: str, n: int, content: str) -> list:
             folder = root / "RGBNT201" / "train_171" / s
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                Image.fromarray(_pixels(rng, 256, 128, content)).save(
+                Image.fromarray(pixels(rng, 256, 128, content)).save(
                     folder / f"{i // 4 + 1:06d}_cam{i % 4 + 1}_0_{i:02d}.jpg", quality=90)
         for s in ("RGB", "NI", "TI"):
             d = root / "RGBNT201" / "test" / s
             d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(_pixels(rng, 256, 128, content)).save(d / "000001_cam1_0_00.jpg")
+            Image.fromarray(pixels(rng, 256, 128, content)).save(d / "000001_cam1_0_00.jpg")
     else:
         base = root / "RGBNT100" / "rgbir"
         for split in ("bounding_box_train", "query", "bounding_box_test"):
             (base / split).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            Image.fromarray(_pixels(rng, 128, 768, content)).save(
+            Image.fromarray(pixels(rng, 128, 768, content)).save(
                 base / "bounding_box_train" / f"{i // 4 + 1:04d}_c{i % 4 + 1:04d}_{i:03d}.jpg")
         for split in ("query", "bounding_box_test"):
-            Image.fromarray(_pixels(rng, 128, 768, content)).save(base / split / "0001_c0001_000.jpg")
+            Image.fromarray(pixels(rng, 128, 768, content)).save(base / split / "0001_c0001_000.jpg")
     return build_dataset(layout, str(root)).train
 
 
@@ -166,7 +162,7 @@ def bench_input_pipeline(n: int, repeats: int) -> dict:
     """Samples/s of one worker (main process, one thread, no DataLoader): this project's dataset, decoding per
     sample and with ``DATALOADER.CACHE_IMAGES`` (built before timing; its build time is reported), against plain
     PIL + torchvision per spectrum (open each spectrum's file, crop stitched files after a full decode per
-    spectrum), for both layouts and both picture contents (see :func:`_pixels`)."""
+    spectrum), for both layouts and both picture contents (see :func:`benchmarks.synthetic.pixels`)."""
     from PIL import Image
     from torchvision import transforms as T
 
@@ -253,56 +249,15 @@ def bench_input_pipeline(n: int, repeats: int) -> dict:
     return results
 
 
-# Dense bf16 tensor-core peak of current data-centre GPUs (vendor data sheets), for model FLOP utilisation.
-PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
-
-
-def peak_bf16_flops(device_name: str) -> float | None:
-    """The dense bf16 peak of the named GPU (the most specific entry of PEAK_BF16_FLOPS in its name), or None."""
-    found = [k for k in PEAK_BF16_FLOPS if k in device_name]
-    return PEAK_BF16_FLOPS[max(found, key=len)] if found else None
-
-
-def bench_cuda(batch: int, steps: int) -> dict:
-    from loss import build_loss
-    from modeling import build_model
-    from solver import build_optimizer
-    from tools.count_params import count_flops
-
-    device = torch.cuda.get_device_name(0)
-    out = {"device": device, "peak_bf16_flops": peak_bf16_flops(device)}
-    for backbone in ("vit_base_patch16_224", "deit_small_patch16_224", "t2t_vit_t_24"):
-        cfg = _cfg(backbone, (256, 128))
-        model = build_model(cfg, 171, 4).cuda().train()
-        # A train step costs about three forwards (the backward pass twice the forward's multiply-adds).
-        sample = {s: v.cuda() for s, v in _images(2, (256, 128)).items()}
-        step_flops = 3 * count_flops(model, sample, torch.zeros(2, dtype=torch.long).cuda(), True)["Global"] / 2
-        loss_fn, opt = build_loss(cfg, 171), build_optimizer(cfg, model)
-        images = {s: v.cuda() for s, v in _images(batch, (256, 128)).items()}
-        pids, cams = (torch.arange(batch) // 16).cuda(), (torch.arange(batch) % 4).cuda()
-        for i in range(steps + 3):
-            if i == 3:
-                torch.cuda.synchronize()
-                start = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss, _ = loss_fn(model(images, cams), pids)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        torch.cuda.synchronize()
-        rate = batch * steps / (time.perf_counter() - start)
-        peak = out["peak_bf16_flops"]
-        out[backbone] = {"samples_per_s": rate, "train_flops_per_sample": step_flops,
-                         "mfu": rate * step_flops / peak if peak else None}
-    return out
-
-
-SECTIONS = ("metrics", "missing", "train", "input", "cuda")
+SECTIONS = ("metrics", "missing", "train", "input", "loader", "cuda", "epoch", "eval")
+GPU_SECTIONS = ("cuda", "epoch", "eval")  # measured only on a GPU, or with --smoke (tiny sizes, any device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not the targets")
+    parser.add_argument("--smoke", action="store_true", help="the GPU sections (and the loader) with tiny sizes on "
+                        "any device: shows the code runs; the figures are not measurements")
     parser.add_argument("--skip-metrics", action="store_true", help="leave out the (slow) metrics section")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections (results.json is then "
                         "left alone unless --output is given)")
@@ -315,8 +270,14 @@ def main() -> None:
     results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                                  "cpu_count": os.cpu_count(), "torch": torch.__version__,
                                  "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-                     "quick": q}
+                     "quick": q, "smoke": args.smoke}
     lines = []
+
+    def save() -> None:
+        """Write what is measured so far (a run cut short keeps its finished sections)."""
+        results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if output:
+            Path(output).write_text(json.dumps(results, indent=2, default=float))
     if "metrics" in sections:
         from benchmarks.bench_metrics import _report
         from benchmarks.bench_metrics import run as run_metrics
@@ -347,18 +308,27 @@ def main() -> None:
                          f"({'met' if r['cached_speedup'] >= 1.5 else 'NOT met'}; cache built in "
                          f"{r['cache_build_ms_per_sample']:.2f} ms per sample)")
             lines.append("  us per image: " + ", ".join(f"{k} {v:.0f}" for k, v in r["us_per_image"].items()))
-    if "cuda" in sections and torch.cuda.is_available():
-        c = results["cuda"] = bench_cuda(128, 5 if q else 20)
-        for name in ("vit_base_patch16_224", "deit_small_patch16_224", "t2t_vit_t_24"):
-            mfu = f"MFU {c[name]['mfu']:.1%}" if c[name]["mfu"] is not None else "MFU: peak of this GPU not known"
-            lines.append(f"CUDA {c['device']} {name}: {c[name]['samples_per_s']:.1f} train samples/s at batch 128 "
-                         f"(bf16), {mfu}; original ViT-B: 47, target 141")
-    elif "cuda" in sections:
-        lines.append("CUDA: no GPU on this machine; section not measured")
-    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if "loader" in sections:
+        r = results["loader"] = bench_gpu.bench_loader((32, 8) if q or args.smoke else (171, 23),
+                                                       (1,) if q or args.smoke else (1, 2), 1 if args.smoke else 2)
+        lines.extend(bench_gpu.loader_lines(r))
+        save()
+    for name, bench, report in (("cuda", bench_gpu.bench_train_step, bench_gpu.train_step_lines),
+                                ("epoch", bench_gpu.bench_epoch, bench_gpu.epoch_lines),
+                                ("eval", bench_gpu.bench_eval, bench_gpu.eval_lines)):
+        if name not in sections:
+            continue
+        if not (torch.cuda.is_available() or args.smoke):
+            lines.append(f"{name}: no GPU on this machine; section not measured (--smoke runs it with tiny sizes)")
+            continue
+        key = f"{name}_smoke" if args.smoke else name
+        results[key] = bench(smoke=args.smoke)
+        lines.extend(report(results[key]))
+        print("\n".join(report(results[key])), flush=True)
+        save()
+    save()
     print("\n".join(lines))
     if output:
-        Path(output).write_text(json.dumps(results, indent=2, default=float))
         print(f"written {output}")
 
 

@@ -59,7 +59,9 @@ _C.MODEL.LABEL_SMOOTH = 0.1
 RULES["MODEL.LABEL_SMOOTH"] = number(0.0, 1.0, hi_open=True)
 _C.MODEL.NO_MARGIN = True  # soft-margin triplet; False uses SOLVER.MARGIN
 _C.MODEL.GRAD_CHECKPOINT = False  # activation checkpointing in the backbones
-_C.MODEL.COMPILE = False  # torch.compile the model
+# torch.compile each transformer block (backbones, TPM, CRM) in place: regional compilation, for training and
+# evaluation; compiles in a fraction of the whole model's time and keeps parameter names (see modeling/compile.py).
+_C.MODEL.COMPILE = False
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.INPUT = CN()
@@ -78,6 +80,9 @@ RULES["INPUT.PIXEL_STD"] = triple(positive=True)
 _C.INPUT.PADDING = 10
 RULES["INPUT.PADDING"] = number(0, integer=True)
 _C.INPUT.SHARE_AUG = False  # one set of random augmentation parameters for the three spectra of a sample
+# Training batches leave the loader as uint8 after resize, pad and crop; float conversion, normalisation, flip and
+# random erasing run in batch on the training device (data/gpu_augment.py). Same distribution, different draws.
+_C.INPUT.GPU_AUGMENT = False
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
@@ -138,9 +143,10 @@ _C.SOLVER.LOG_PERIOD = 10
 RULES["SOLVER.LOG_PERIOD"] = number(1, integer=True)
 _C.SOLVER.EVAL_PERIOD = 1
 RULES["SOLVER.EVAL_PERIOD"] = number(0, integer=True)
-_C.SOLVER.AMP = True  # mixed precision on CUDA (ignored on CPU)
-_C.SOLVER.AMP_DTYPE = "fp16"  # fp16 (with a grad scaler) | bf16
-RULES["SOLVER.AMP_DTYPE"] = one_of("fp16", "bf16")
+_C.SOLVER.AMP = True  # mixed precision on CUDA (on CPU only with SOLVER.AMP_CPU)
+_C.SOLVER.AMP_DTYPE = "bf16"  # bf16 | fp16 (with a grad scaler)
+RULES["SOLVER.AMP_DTYPE"] = one_of("bf16", "fp16")
+_C.SOLVER.AMP_CPU = False  # autocast on CPU too (for testing the mixed-precision step without a GPU; slow)
 _C.SOLVER.GRAD_CLIP = 0.0  # max gradient norm; 0 disables
 RULES["SOLVER.GRAD_CLIP"] = number(0.0)
 _C.SOLVER.RESUME = False

@@ -47,9 +47,14 @@ class ToNormalizedTensor:
         self.std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        planes = torch.empty(image.shape[2], image.shape[0], image.shape[1], dtype=torch.uint8)
-        cv2.split(image, list(planes.numpy()))  # [H, W, C] -> [C, H, W], one contiguous plane per channel
-        return torch.div(planes, 255).sub_(self.mean).div_(self.std)  # uint8 / 255 runs in float32, as ToTensor
+        return torch.div(to_planes(image), 255).sub_(self.mean).div_(self.std)  # uint8 / 255 runs in float32
+
+
+def to_planes(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, C] -> uint8 [C, H, W] tensor, one contiguous plane per channel."""
+    planes = torch.empty(image.shape[2], image.shape[0], image.shape[1], dtype=torch.uint8)
+    cv2.split(image, list(planes.numpy()))
+    return planes
 
 
 def random_crop_origin(shape: Sequence[int], size: Sequence[int]) -> tuple[int, int]:
@@ -67,8 +72,9 @@ class TrainTransform:
     """The training pipeline for one spectrum; ``size`` is (height, width)."""
 
     def __init__(self, size: Sequence[int], flip_prob: float, padding: int, erase_prob: float,
-                 mean: Sequence[float], std: Sequence[float]) -> None:
+                 mean: Sequence[float], std: Sequence[float], uint8_output: bool = False) -> None:
         self.size = tuple(size)
+        self.uint8_output = uint8_output
         self.flip_prob = flip_prob
         self.padding = padding
         self.to_tensor = ToNormalizedTensor(mean, std)
@@ -84,14 +90,21 @@ class TrainTransform:
         return resize(image, self.size, Image.BICUBIC)
 
     def finish(self, image: np.ndarray) -> torch.Tensor:
-        """The random part, on an image at ``size``: flip, pad, crop, tensor, normalize, erase."""
+        """The random part, on an image at ``size``: flip, pad, crop, tensor, normalize, erase. With
+        ``uint8_output`` only pad and crop, to a uint8 [C, H, W] tensor: :class:`data.gpu_augment.BatchAugment`
+        does the rest in batch on the training device."""
+        if self.uint8_output:
+            return to_planes(self._pad_crop(image))
         if torch.rand(1) < self.flip_prob:  # T.RandomHorizontalFlip's draw
             image = cv2.flip(image, 1)
+        return self.erase(self.to_tensor(self._pad_crop(image)))
+
+    def _pad_crop(self, image: np.ndarray) -> np.ndarray:
         if self.padding:  # the padding is symmetric, so padding after the flip equals T.Pad after it
             p = self.padding
             image = cv2.copyMakeBorder(image, p, p, p, p, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         top, left = random_crop_origin(image.shape[:2], self.size)
-        return self.erase(self.to_tensor(image[top:top + self.size[0], left:left + self.size[1]]))
+        return image[top:top + self.size[0], left:left + self.size[1]]
 
 
 class EvalTransform:
@@ -114,8 +127,8 @@ class EvalTransform:
 
 
 def build_transforms(cfg: CfgNode, is_train: bool) -> TrainTransform | EvalTransform:
-    """The pipeline configured by ``cfg.INPUT``."""
+    """The pipeline configured by ``cfg.INPUT`` (training with ``INPUT.GPU_AUGMENT``: uint8 after pad and crop)."""
     if is_train:
         return TrainTransform(cfg.INPUT.SIZE_TRAIN, cfg.INPUT.PROB, cfg.INPUT.PADDING, cfg.INPUT.RE_PROB,
-                              cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
+                              cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, uint8_output=cfg.INPUT.GPU_AUGMENT)
     return EvalTransform(cfg.INPUT.SIZE_TEST, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)

@@ -46,7 +46,7 @@ class ExtractedFeatures:
 
 
 def _autocast(device: torch.device, amp: bool, dtype: torch.dtype):
-    return torch.autocast(device.type, dtype=dtype, enabled=amp and device.type == "cuda")
+    return torch.autocast(device.type, dtype=dtype, enabled=amp)  # the callers decide for CPU (SOLVER.AMP_CPU)
 
 
 def _rank_batches(loader: DataLoader, rank: int, world: int):

@@ -16,6 +16,7 @@ from data.build import build_test_loader
 from data.datasets import Record
 from data.datasets.base import record_key
 from modeling.checkpoint import model_from_checkpoint
+from modeling.compile import compile_blocks
 from processor.inference import ExtractedFeatures, batch_features, extract_features, missing_by_setting
 from utils.checkpoint import CheckpointError
 from utils.env import amp_dtype, resolve_device
@@ -25,16 +26,20 @@ logger = logging.getLogger(__name__)
 
 
 class Predictor:
-    """Features of a model in eval mode on ``device``; autocast in ``amp_dtype`` when ``amp`` and on CUDA.
+    """Features of a model in eval mode on ``device``; autocast in ``amp_dtype`` when ``amp`` and on CUDA (or
+    SOLVER.AMP_CPU); its transformer blocks compiled in place with ``compile`` (default MODEL.COMPILE).
 
     ``cfg`` supplies the test transform, batch size and workers of :meth:`record_features`."""
 
     def __init__(self, model: nn.Module, cfg: CfgNode, device: torch.device | None = None, amp: bool | None = None,
-                 num_classes: int = 0, num_cameras: int = 0, checkpoint: str = "") -> None:
+                 num_classes: int = 0, num_cameras: int = 0, checkpoint: str = "", compile: bool | None = None,
+                 ) -> None:
         self.device = device or resolve_device(cfg.MODEL.DEVICE)
         self.model = getattr(model, "module", model).to(self.device).eval()
         self.cfg = cfg
-        self.amp = (cfg.SOLVER.AMP if amp is None else amp) and self.device.type == "cuda"
+        self.amp = (cfg.SOLVER.AMP if amp is None else amp) and (self.device.type == "cuda" or cfg.SOLVER.AMP_CPU)
+        if cfg.MODEL.COMPILE if compile is None else compile:
+            compile_blocks(self.model)
         self.amp_dtype = amp_dtype(cfg.SOLVER.AMP_DTYPE)
         self.num_classes, self.num_cameras, self.checkpoint = num_classes, num_cameras, checkpoint
         self.epoch: int | None = None  # the checkpoint's epoch, when it records one

@@ -24,13 +24,15 @@ from yacs.config import CfgNode
 
 from configs.config import save_config
 from data.build import build_dataloader
+from data.gpu_augment import BatchAugment, build_batch_augment
 from data.samplers import skip_batches
 from loss import build_loss
 from modeling import build_model
 from modeling.checkpoint import check_arch, model_payload
+from modeling.compile import compile_blocks
 from processor.hooks import EvalHook, HookBase, LRScheduler, MetricLogger, PeriodicCheckpointer, StopOnSignal
 from processor.inference import settings_for
-from solver import build_optimizer, build_scheduler
+from solver import build_optimizer, build_scheduler, optimizer_kernel
 from utils import distributed as du
 from utils.checkpoint import CheckpointError, safe_load, save_checkpoint
 from utils.env import amp_dtype, device_description, git_commit, resolve_device, versions
@@ -93,10 +95,18 @@ class Trainer:
         self.model = build_model(cfg, self.data.num_classes, self.data.num_cameras).to(self.device)
         self.loss_fn = build_loss(cfg, self.data.num_classes)
         self.optimizer = build_optimizer(cfg, self.model)
+        self.optimizer_kernel = optimizer_kernel(self.optimizer)  # "fused" when every parameter is on CUDA
         self.scheduler = build_scheduler(cfg, self.optimizer)
-        self.amp = cfg.SOLVER.AMP and self.device.type == "cuda"
+        self.amp = cfg.SOLVER.AMP and (self.device.type == "cuda" or cfg.SOLVER.AMP_CPU)
         self.amp_dtype = amp_dtype(cfg.SOLVER.AMP_DTYPE)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
+        # INPUT.GPU_AUGMENT: the loader sends uint8 crops; normalisation, flip and erasing run here, on the device.
+        self.augment: BatchAugment | None = build_batch_augment(cfg, cfg.SOLVER.SEED + self.rank) \
+            if cfg.INPUT.GPU_AUGMENT else None
+        logger.info("train step: %s autocast, %s optimiser step, %s, augmentation on %s",
+                    cfg.SOLVER.AMP_DTYPE if self.amp else "no", self.optimizer_kernel,
+                    "compiled blocks" if cfg.MODEL.COMPILE else "eager",
+                    self.device.type if self.augment is not None else "the loader workers")
         self.settings = settings_for(cfg.TEST.MISS)
         self.max_epochs = cfg.SOLVER.MAX_EPOCHS
         self.iters_per_epoch = len(self.data.train_loader)
@@ -111,12 +121,12 @@ class Trainer:
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         if self.resume:
             self.load_last()
+        if cfg.MODEL.COMPILE:  # in place, before DDP: evaluation and checkpoints use the same model
+            compile_blocks(self.model)
         self.train_model: nn.Module = self.model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if cfg.MODEL.COMPILE:
-            self.train_model = torch.compile(self.train_model)
         self.writer = None
         if self.main:
             from torch.utils.tensorboard import SummaryWriter
@@ -173,6 +183,8 @@ class Trainer:
     def run_step(self, batch: dict[str, Any]) -> None:
         """One optimisation step; the loss terms stay on the device (``step_outputs``)."""
         images = {s: batch["images"][s].to(self.device, non_blocking=True) for s in self.model.spectra}
+        if self.augment is not None:
+            images = self.augment.batch(images, share=self.cfg.INPUT.SHARE_AUG)
         pids = batch["pid"].to(self.device, non_blocking=True)
         cams = batch["camid"].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
@@ -223,7 +235,8 @@ class Trainer:
             save_checkpoint(os.path.join(self.output_dir, "last.pth"), self.model_payload(
                 optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                 scaler=self.scaler.state_dict(), iteration=self.iteration, global_step=self.global_step,
-                rng=rng_state(), best=self.best, dataset=self.cfg.DATASETS.NAMES))
+                rng=rng_state(), best=self.best, dataset=self.cfg.DATASETS.NAMES,
+                **({"augment": self.augment.state_dict()} if self.augment is not None else {})))
         du.barrier()
 
     def load_last(self) -> None:
@@ -249,6 +262,8 @@ class Trainer:
         else:
             self.start_epoch, self.start_iteration = epoch, iteration
         set_rng_state(state["rng"])
+        if self.augment is not None and "augment" in state:
+            self.augment.load_state_dict(state["augment"])
         logger.info("resumed from %s: epoch %d, iteration %d", path, self.start_epoch, self.start_iteration)
 
     def evaluate(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Optimiser and learning-rate schedule."""
 
-from solver.optimizer import build_optimizer, param_groups
+from solver.optimizer import build_optimizer, optimizer_kernel, param_groups
 from solver.scheduler import build_scheduler
 
-__all__ = ["build_optimizer", "build_scheduler", "param_groups"]
+__all__ = ["build_optimizer", "build_scheduler", "optimizer_kernel", "param_groups"]

@@ -70,7 +70,16 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
         optimizer = torch.optim.AdamW(groups, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY, **kernel)
     else:
         raise ValueError(f"SOLVER.OPTIMIZER_NAME={name!r} is not supported (SGD or AdamW)")
-    logger.info("%s (%s) with %d parameter groups:%s", name, next(iter(kernel)), len(groups), "".join(
+    logger.info("%s (%s step) with %d parameter groups:%s", name, optimizer_kernel(optimizer), len(groups), "".join(
         f"\n  {g['name']}: {len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} parameters, "
         f"lr {g['lr']:.2e}, weight decay {g['weight_decay']:.1e}" for g in groups))
     return optimizer
+
+
+def optimizer_kernel(optimizer: torch.optim.Optimizer) -> str:
+    """Which implementation the optimiser's step runs: ``fused`` (one kernel per group, CUDA), ``foreach``
+    (multi-tensor) or ``for-loop`` (one parameter at a time)."""
+    options = optimizer.defaults
+    if options.get("fused"):
+        return "fused"
+    return "foreach" if options.get("foreach") else "for-loop"
