@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.sweep import Run, Sweep, SweepError, run_state
+from experiments.sweep import Run, Sweep, SweepError, load_state, run_state
 from utils.spectra import MISS_SETTINGS
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ def best_on_test(run_dir: str) -> tuple[int, dict[str, dict[str, float]]] | None
 def collect(sweep: Sweep, runs: Sequence[Run], root: str) -> Table:
     """Read every finished run's last results.json (and best.pth) into a :class:`Table`."""
     rows: dict[str, RowResult] = {}
+    records = load_state(root)["runs"]
     for run in runs:
         spec = sweep.rows[run.row]
         row = rows.setdefault(run.row, RowResult(run.row, spec.note, [], published=spec.published))
@@ -116,6 +117,11 @@ def collect(sweep: Sweep, runs: Sequence[Run], root: str) -> Table:
             status = run_state(run)
         except SweepError as err:
             row.missing.append((run.seed, f"conflict: {err}"))
+            continue
+        record = records.get(run.key, {})
+        if status.state != "done" and record.get("state") == "failed":
+            row.missing.append((run.seed, f"failed ({record.get('attempts')} attempts, exit {record.get('returncode')}"
+                                          f"; {record.get('error', '')})"))
             continue
         if status.state != "done":
             epoch = f", results of epoch {status.epoch} of {run.max_epochs}" if status.epoch else ""
