@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pickle
 import re
 import signal
@@ -278,12 +279,21 @@ def test_run_is_requeued_after_preemption_and_pickles_without_its_process(tmp_pa
     assert not (tmp_path / "a" / "seed0" / PID_FILE).exists()
 
 
-def test_slurm_executor_and_multi_gpu_command(tmp_path):
+def test_slurm_executor_and_multi_gpu_command(tmp_path, monkeypatch):
+    fake_bin = tmp_path / "bin"  # submitit refuses to build a Slurm executor where no srun is on PATH
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
     options = LaunchOptions("slurm", partition="gpu", time_min=240, gpus_per_run=4, cpus_per_run=32, mem_gb=128)
     executor = make_executor(options, str(tmp_path), "sweep-x")
     params = executor._executor.parameters
     assert (params["partition"], params["time"], params["gpus_per_node"], params["cpus_per_task"]) == \
         ("gpu", 240, 4, 32)
+    sbatch = executor._executor._make_submission_file_text("python -m x", "uid")
+    assert "#SBATCH --partition=gpu" in sbatch and "#SBATCH --time=240" in sbatch
+    assert "#SBATCH --gpus-per-node=4" in sbatch and "#SBATCH --signal=USR2@" in sbatch
+    assert "export PYTHONPATH=" in sbatch
     run = Run("a", 0, "out", "cfg.yml", ("OUTPUT_DIR", "out"), 1, {}, gpus=4)
     assert run.command(resume=True, python="py")[:8] == ["py", "-m", "torch.distributed.run", "--standalone",
                                                          "--nproc_per_node", "4", "train_net.py", "--config_file"]
@@ -298,25 +308,26 @@ def spec_numbers() -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     if not SPEC.is_file():
         pytest.skip(f"{SPEC} not found")
     text = " ".join(SPEC.read_text().split("## Published results", 1)[1].split())
+    n = r"(\d+(?:\.\d+)?)"  # a number, without the full stop that may follow it
     main = {m.group(1): (float(m.group(2)), float(m.group(3)))
-            for m in re.finditer(r"(RGBNT201|RGBNT100|MSVR310) mAP ([\d.]+) / R-1 ([\d.]+)", text)}
-    r5, r10 = map(float, re.search(r"RGBNT201 mAP [\d.]+ / R-1 [\d.]+ / R-5 ([\d.]+) / R-10 ([\d.]+)", text).groups())
+            for m in re.finditer(rf"(RGBNT201|RGBNT100|MSVR310) mAP {n} / R-1 {n}", text)}
+    r5, r10 = map(float, re.search(rf"RGBNT201 mAP {n} / R-1 {n} / R-5 {n} / R-10 {n}", text).groups()[2:])
     labels = {"-RGB": "r", "-NI": "n", "-TI": "t", "-RGB-NI": "rn", "-RGB-TI": "rt", "-NI-TI": "nt"}
 
     def missing(section: str) -> dict[str, dict[str, float]]:
-        pairs = re.findall(r"(-[A-Z-]+) ([\d.]+)/([\d.]+)", section)
+        pairs = re.findall(rf"(-[A-Z-]+) {n}/{n}", section)
         return {labels[name]: {"mAP": float(a), "Rank-1": float(b)} for name, a, b in pairs}
 
     on201 = text.split("Missing spectra on RGBNT201", 1)[1].split("On RGBNT100", 1)[0]
     on100 = text.split("On RGBNT100", 1)[1].split("Backbones", 1)[0]
-    backbones = dict((name, (float(a), float(b))) for name, a, b in
-                     re.findall(r"(ViT-B/16|DeiT-S/16|T2T-ViT-24) ([\d.]+)/([\d.]+)", text.split("Backbones", 1)[1]))
+    backbones = {name: (float(a), float(b)) for name, a, b in
+                 re.findall(rf"(ViT-B/16|DeiT-S/16|T2T-ViT-24) {n}/{n}", text.split("Backbones", 1)[1])}
     ablation = text.split("Ablation on RGBNT201", 1)[1]
-    concat_base, per_base = map(float, re.search(r"concat baseline ([\d.]+), per-spectrum baseline ([\d.]+)",
+    concat_base, per_base = map(float, re.search(rf"concat baseline {n}, per-spectrum baseline {n}",
                                                  ablation).groups())
-    tpm = list(map(float, re.search(r"\+TPM ([\d.]+) / ([\d.]+)", ablation).groups()))
-    full = list(map(float, re.search(r"\+TPM\+CRM ([\d.]+) / ([\d.]+)", ablation).groups()))
-    single = dict(re.findall(r"(RGB|NI|TI) ([\d.]+)", ablation.split("single spectrum", 1)[1]))
+    tpm = list(map(float, re.search(rf"\+TPM {n} / {n}", ablation).groups()))
+    full = list(map(float, re.search(rf"\+TPM\+CRM {n} / {n}", ablation).groups()))
+    single = dict(re.findall(rf"(RGB|NI|TI) {n}", ablation.split("single spectrum", 1)[1]))
 
     def fig(m: float, r: float | None = None) -> dict[str, dict[str, float]]:
         return {"nothing": {"mAP": m, **({"Rank-1": r} if r is not None else {})}}
