@@ -120,8 +120,7 @@ def collect(sweep: Sweep, runs: Sequence[Run], root: str) -> Table:
             continue
         record = records.get(run.key, {})
         if status.state != "done" and record.get("state") == "failed":
-            row.missing.append((run.seed, f"failed ({record.get('attempts')} attempts, exit {record.get('returncode')}"
-                                          f"; {record.get('error', '')})"))
+            row.missing.append((run.seed, f"failed after {record.get('attempts')} attempts: {record.get('error', '')}"))
             continue
         if status.state != "done":
             epoch = f", results of epoch {status.epoch} of {run.max_epochs}" if status.epoch else ""

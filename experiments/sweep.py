@@ -670,8 +670,20 @@ def _outcome(job: Any, run: Run) -> dict[str, Any]:
     if returncode in INTERRUPT_CODES:
         return {"state": "interrupted", "returncode": returncode, "error": "stopped by a signal; resumable"}
     if not error:
-        error = f"exit code {returncode}; see {os.path.join(run.output_dir, 'train_log.txt')} and {job.paths.stderr}"
-    return {"state": "failed", "returncode": returncode, "error": error}
+        error = f"exit code {returncode}"
+        reason = _last_error_line(str(job.paths.stderr))
+        error += f": {reason}" if reason else f" (see {os.path.join(run.output_dir, 'train_log.txt')})"
+    return {"state": "failed", "returncode": returncode, "error": error, "log": str(job.paths.stderr)}
+
+
+def _last_error_line(path: str) -> str:
+    """The last ``error: ...`` line train_net.py wrote to the job's stderr, without the prefix."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.startswith("error: ")]
+    except OSError:
+        return ""
+    return lines[-1].removeprefix("error: ") if lines else ""
 
 
 def _stop_runs(runs: Iterable[Run]) -> None:

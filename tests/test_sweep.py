@@ -160,7 +160,8 @@ def test_failing_row_reported_while_the_others_finish(session_sweep):
         assert state["runs"][f"per_spectrum/seed{seed}"]["state"] == "done"
     assert re.search(r"broken seed 0: failed", rerun.stdout)
     table = (session_sweep["root"] / "table.md").read_text()
-    assert "| broken | 0/2 |" in table and "`broken` seed 1: failed (2 attempts, exit 1)" in table
+    assert "| broken | 0/2 |" in table
+    assert "`broken` seed 1: failed after 2 attempts: exit code 1: data set root" in table
 
 
 @pytest.mark.slow
