@@ -664,6 +664,8 @@ def _outcome(job: Any, run: Run) -> dict[str, Any]:
         returncode, error = result.get("returncode"), ""
     except Exception as err:  # submitit re-raises the job's exception with its traceback; keep its last line
         result, returncode, error = {}, None, (str(err).strip().splitlines() or [type(err).__name__])[-1]
+    if result.get("running"):
+        return {"state": "running", "returncode": None, "error": f"already running (pid {result['running']})"}
     status = run_state(run)
     if status.state == "done" and returncode in (0, None):
         return {"state": "done", "returncode": 0, "resumed": bool(result.get("resumed")), "error": ""}
