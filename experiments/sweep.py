@@ -256,6 +256,7 @@ def plan_runs(sweep: Sweep, root: str, rows: Sequence[str] | None = None, seeds:
     train_net.py does); an invalid value is an error naming the sweep file, the row and the key."""
     from configs import ConfigError, load_config
 
+    root = os.path.abspath(root)  # the trainings run from the repository root, whatever the caller's folder
     trailing = parse_overrides(list(trailing), "command line")
     check_reserved(trailing, "command line")
     unknown = [r for r in rows or () if r not in sweep.rows]
