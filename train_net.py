@@ -17,7 +17,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config_file", default="", help="path to a YAML config")
     parser.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR from last.pth")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs overriding the config")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if "--resume" in args.opts:  # also accepted among or after the KEY VALUE pairs
+        args.opts.remove("--resume")
+        args.resume = True
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

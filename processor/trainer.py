@@ -84,14 +84,14 @@ class Trainer:
         setup_logger(self.output_dir, self.rank, "train_log.txt")
         logger.info("versions %s, device %s, commit %s, world size %d", versions(),
                     device_description(self.device), git_commit(), self.world_size)
-        if self.main and not self.resume:
-            save_config(cfg, os.path.join(self.output_dir, "config.yaml"))
         if cfg.SOLVER.DETERMINISTIC:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         seed_everything(cfg.SOLVER.SEED)
 
         self.data = build_dataloader(cfg, distributed=self.world_size > 1)
+        if self.main and not self.resume:  # written once the data set has been read: a failed start leaves no run
+            save_config(cfg, os.path.join(self.output_dir, "config.yaml"))
         self.model = build_model(cfg, self.data.num_classes, self.data.num_cameras).to(self.device)
         self.loss_fn = build_loss(cfg, self.data.num_classes)
         self.optimizer = build_optimizer(cfg, self.model)

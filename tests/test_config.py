@@ -208,3 +208,11 @@ def test_a_key_that_never_existed_is_still_an_error(tmp_path):
         load_config(str(typo))
     with pytest.raises(ConfigError, match=r"unknown config key SOLVER\.WARMUP_METHODS"):
         load_config(None, ["SOLVER.WARMUP_METHODS", "linear"])
+
+
+def test_train_net_accepts_resume_after_the_pairs():
+    from train_net import parse_args
+
+    args = parse_args(["--config_file", "c.yml", "SOLVER.SEED", "3", "--resume"])
+    assert args.resume and args.opts == ["SOLVER.SEED", "3"]
+    assert not parse_args(["SOLVER.SEED", "3"]).resume

@@ -104,7 +104,7 @@ def test_imagenet_weights_load_once_into_the_shared_backbone(tmp_path, caplog):
         model = build_model(_cfg(True, "MODEL.PRETRAIN_CHOICE", "imagenet", "MODEL.PRETRAIN_PATH_T",
                                  str(tmp_path / "w.pth")), 5, 3)
     assert torch.equal(model.backbones.shared.blocks[1].attn.qkv.weight, state["blocks.1.attn.qkv.weight"])
-    message = caplog.records[-1].getMessage()
+    message = [r for r in caplog.records if r.name == "modeling.pretrained"][-1].getMessage()
     assert "RGB/NI/TI (one shared backbone)" in message and "14x14 -> 2x1" in message
 
 

@@ -1,0 +1,374 @@
+"""Sweeps: validation of sweep files (the shipped ones against SPEC.md), run states read from folders, the launcher
+through submitit's LocalExecutor (interrupted and re-run, a failing row), and the aggregated table.
+
+The trainings share one session sweep of tiny baseline runs (2 rows x 2 seeds x 1 epoch on the demo data, plus a
+row that fails), interrupted once after its first run and then re-run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from configs import load_config
+from experiments import LaunchOptions, SweepError, collect, load_sweep, plan_runs, run_state
+from experiments.sweep import PID_FILE, Run, TrainRun, dry_run, make_executor
+from tests.conftest import tiny_opts
+from utils.spectra import MISS_SETTINGS
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO.parent / "shared" / "SPEC.md"
+PAPER = REPO / "configs" / "paper"
+SWEEP_TIMEOUT_S = 900
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers.
+
+def write_base_config(path: Path, demo_root: str, **overrides: str) -> Path:
+    """A tiny CPU config as a YAML file (tiny_opts without OUTPUT_DIR)."""
+    pairs = tiny_opts(demo_root, "unused", **overrides)
+    tree: dict = {}
+    for key, value in zip(pairs[0::2], pairs[1::2]):
+        if key == "OUTPUT_DIR":
+            continue
+        *parents, leaf = key.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def write_sweep(path: Path, base: Path, rows: dict, seeds=(0, 1), **top) -> Path:
+    path.write_text(yaml.safe_dump({"base": str(base), "seeds": list(seeds), **top, "rows": rows}, sort_keys=False))
+    return path
+
+
+def sweep_command(sweep_file: Path, root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "tools/sweep.py", str(sweep_file), "--output", str(root), *extra]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """mtime and bytes of every file of a run folder (TensorBoard events included)."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the sweep ended (exit {proc.returncode}) before {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def results_epoch(run_dir: Path) -> int | None:
+    try:
+        return json.loads((run_dir / "results.json").read_text()).get("epoch")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The shared session sweep: interrupted after its first run, then run again to the end.
+
+GOOD_ROWS = ("concat", "per_spectrum")
+
+
+@pytest.fixture(scope="session")
+def session_sweep(demo_root, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    base = write_base_config(folder / "tiny.yml", demo_root)
+    rows = {
+        "concat": {"overrides": ["MODEL.BASE True", "MODEL.RE False", "MODEL.DIRECT True"]},
+        "per_spectrum": {"overrides": ["MODEL.BASE True", "MODEL.RE False", "MODEL.DIRECT False"]},
+        # fails at run time only: the data set root does not exist (train_net.py exits 1)
+        "broken": {"overrides": ["MODEL.BASE True", "MODEL.RE False", "DATASETS.NAMES RGBNT201",
+                                 f"DATASETS.ROOT_DIR {folder / 'no_such_data'}"]},
+    }
+    sweep_file = write_sweep(folder / "tiny_sweep.yml", base, rows)
+    root = folder / "root"
+    command = sweep_command(sweep_file, root)
+    first, second = root / "concat" / "seed0", root / "concat" / "seed1"
+
+    # 1. Start the sweep; stop it (SIGTERM) once its first run is done and the second is training.
+    with open(folder / "first.log", "w") as log:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: results_epoch(first) == 1, SWEEP_TIMEOUT_S, "the first run to finish", proc)
+            wait_for(lambda: (second / "train_log.txt").is_file() and " iter " in
+                     (second / "train_log.txt").read_text(), SWEEP_TIMEOUT_S, "the second run to train", proc)
+            proc.send_signal(signal.SIGTERM)
+            first_code = proc.wait(timeout=SWEEP_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    interrupted = {"code": first_code, "first": snapshot(first), "second_has_last": (second / "last.pth").is_file(),
+                   "second_epoch": results_epoch(second), "log": (folder / "first.log").read_text()}
+
+    # 2. The same command again.
+    second_run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+    return {"folder": folder, "root": root, "sweep_file": sweep_file, "interrupted": interrupted,
+            "rerun": second_run, "first_dir": first, "second_dir": second}
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_completes_without_retraining(session_sweep):
+    interrupted, rerun = session_sweep["interrupted"], session_sweep["rerun"]
+    assert interrupted["code"] == 130, interrupted["log"]
+    # the interrupted run wrote last.pth and no final results: partial
+    assert interrupted["second_has_last"] and interrupted["second_epoch"] is None, interrupted["log"]
+    # the finished run is untouched by the second invocation (every file: same mtime, same bytes)
+    assert snapshot(session_sweep["first_dir"]) == interrupted["first"]
+    # the interrupted run was resumed, not restarted
+    state = json.loads((session_sweep["root"] / "sweep_state.json").read_text())
+    record = state["runs"]["concat/seed1"]
+    assert record["state"] == "done" and record["resumed"] is True
+    assert "--resume" in record["command"]
+    assert "resumed from" in (session_sweep["second_dir"] / "train_log.txt").read_text()
+    assert state["runs"]["concat/seed0"]["attempts"] == 1  # started once, in the first invocation
+    for row in GOOD_ROWS:
+        for seed in (0, 1):
+            assert results_epoch(session_sweep["root"] / row / f"seed{seed}") == 1, rerun.stdout + rerun.stderr
+
+
+@pytest.mark.slow
+def test_failing_row_reported_while_the_others_finish(session_sweep):
+    rerun = session_sweep["rerun"]
+    assert rerun.returncode == 1, rerun.stdout + rerun.stderr
+    state = json.loads((session_sweep["root"] / "sweep_state.json").read_text())
+    for seed in (0, 1):
+        record = state["runs"][f"broken/seed{seed}"]
+        assert record["state"] == "failed" and record["attempts"] == 2 and record["returncode"] == 1
+        assert state["runs"][f"per_spectrum/seed{seed}"]["state"] == "done"
+    assert re.search(r"broken seed 0: failed", rerun.stdout)
+    table = (session_sweep["root"] / "table.md").read_text()
+    assert "| broken | 0/2 |" in table
+    assert "`broken` seed 1: failed after 2 attempts: exit code 1: data set root" in table
+
+
+@pytest.mark.slow
+def test_table_is_mean_and_sample_std_of_the_last_epoch(session_sweep):
+    root = session_sweep["root"]
+    with open(root / "table.csv") as f:
+        lines = {line["row"]: line for line in csv.DictReader(f)}
+    for row in GOOD_ROWS:
+        results = [json.loads((root / row / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
+        assert lines[row]["seeds_finished"] == "2"
+        for metric in ("mAP", "Rank-1", "Rank-5", "mINP"):
+            values = 100 * np.array([r["settings"]["nothing"][metric] for r in results])
+            assert float(lines[row][f"nothing/{metric}/mean"]) == pytest.approx(values.mean(), abs=1e-6)
+            assert float(lines[row][f"nothing/{metric}/std"]) == pytest.approx(values.std(ddof=1), abs=1e-6)
+        values = 100 * np.array([r["settings"]["nothing"]["mAP"] for r in results])
+        assert f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" in (root / "table.md").read_text()
+    assert lines["broken"]["seeds_finished"] == "0" and lines["broken"]["nothing/mAP/mean"] == ""
+    assert "ddof=1" in (root / "table.md").read_text()
+    assert (root / "table.png").stat().st_size > 10_000
+    # --collect alone rewrites the same table from the folders
+    before = (root / "table.csv").read_bytes()
+    (root / "table.csv").unlink()
+    out = subprocess.run(sweep_command(session_sweep["sweep_file"], root, "--collect"), cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (root / "table.csv").read_bytes() == before
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Validation (no training).
+
+def test_invalid_override_refused_before_anything_runs(demo_root, tmp_path):
+    base = write_base_config(tmp_path / "tiny.yml", demo_root)
+    sweep_file = write_sweep(tmp_path / "bad.yml", base, {"good": {"overrides": []},
+                                                          "typo": {"overrides": ["MODEL.DIRECT maybe"]}})
+    with pytest.raises(SweepError, match=r"bad\.yml: row 'typo': .*MODEL\.DIRECT"):
+        plan_runs(load_sweep(str(sweep_file)), str(tmp_path / "root"))
+    out = subprocess.run(sweep_command(sweep_file, tmp_path / "root"), cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 1
+    assert re.search(r"error: .*bad\.yml: row 'typo': .*MODEL\.DIRECT", out.stderr), out.stderr
+    assert not (tmp_path / "root").exists()  # nothing started, nothing written
+
+    unknown_key = write_sweep(tmp_path / "unknown_key.yml", base, {"a": {"overrides": ["MODEL.NOPE 1"]}})
+    with pytest.raises(SweepError, match=r"unknown_key\.yml: row 'a': .*unknown config key MODEL\.NOPE"):
+        plan_runs(load_sweep(str(unknown_key)), str(tmp_path / "root"))
+    top = write_sweep(tmp_path / "top.yml", base, {"a": {}}, epochs=3)
+    with pytest.raises(SweepError, match=r"top\.yml: unknown top-level key\(s\) \['epochs'\]"):
+        load_sweep(str(top))
+    reserved = write_sweep(tmp_path / "reserved.yml", base, {"a": {"overrides": ["OUTPUT_DIR /tmp/x"]}})
+    with pytest.raises(SweepError, match=r"reserved\.yml: row 'a': key OUTPUT_DIR"):
+        load_sweep(str(reserved))
+    with pytest.raises(SweepError, match="command line: key SOLVER.SEED"):
+        plan_runs(load_sweep(str(sweep_file)), str(tmp_path / "root"), rows=["good"], trailing=["SOLVER.SEED", "3"])
+
+
+def _fabricate(run: Run, files: dict[str, object]) -> None:
+    """A run folder: config.yaml (the run's own config unless given), results.json, last.pth."""
+    folder = Path(run.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        if name == "config.yaml":
+            content = content or load_config(run.base, list(run.opts)).dump()
+        elif name == "results.json":
+            content = json.dumps({"settings": {"nothing": {"mAP": 0.5, "Rank-1": 0.6}}, "epoch": content,
+                                  "config": load_config(run.base, list(run.opts)).dump()})
+        (folder / name).write_text(str(content))
+
+
+def test_dry_run_lists_states_of_a_half_finished_root(demo_root, tmp_path):
+    base = write_base_config(tmp_path / "tiny.yml", demo_root, **{"SOLVER.MAX_EPOCHS": "3"})
+    sweep_file = write_sweep(tmp_path / "s.yml", base, {"a": {}, "b": {"overrides": ["MODEL.DIRECT False"]}})
+    root = tmp_path / "root"
+    runs = {r.key: r for r in plan_runs(load_sweep(str(sweep_file)), str(root))}
+    _fabricate(runs["a/seed0"], {"config.yaml": "", "results.json": 3, "last.pth": "x"})  # done
+    _fabricate(runs["a/seed1"], {"config.yaml": "", "results.json": 2, "last.pth": "x"})  # partial
+    _fabricate(runs["b/seed0"], {"config.yaml": ""})  # a start that failed before its first checkpoint
+    (root / "sweep_state.json").write_text(json.dumps({"runs": {"b/seed0": {"state": "failed", "attempts": 2,
+                                                                            "returncode": 1}}}))
+    listing = {f"{e['row']}/seed{e['seed']}": e for e in dry_run(list(runs.values()), str(root))}
+    assert listing["a/seed0"]["state"] == "done (epoch 3)"
+    assert listing["a/seed1"]["state"].startswith("partial") and "--resume" in listing["a/seed1"]["command"]
+    assert listing["b/seed0"]["state"].startswith("failed (2 attempts, exit 1")
+    assert listing["b/seed0"]["command"][-2:] == ["OVERWRITE", "True"]
+    assert listing["b/seed1"]["state"] == "to do" and "--resume" not in listing["b/seed1"]["command"]
+    command = listing["b/seed1"]["command"]
+    assert command[1:] == ["train_net.py", "--config_file", str(base), "OUTPUT_DIR", str(root / "b" / "seed1"),
+                           "SOLVER.SEED", "1", "MODEL.DIRECT", "False"]
+    assert [run_state(runs[k]).state for k in ("a/seed0", "a/seed1", "b/seed0", "b/seed1")] == \
+        ["done", "partial", "to do", "to do"]
+    # the command line prints the same, starts nothing
+    out = subprocess.run(sweep_command(sweep_file, root, "--dry-run"), cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "a  seed 0  done (epoch 3)" in out.stdout and "b  seed 1  to do" in out.stdout
+    assert not (root / "b" / "seed1").exists() and not (root / "table.md").exists()
+    # a folder holding another config is an error, not overwritten
+    _fabricate(runs["b/seed1"], {"config.yaml": load_config(str(base), ["MODEL.DIRECT", "True"]).dump()})
+    with pytest.raises(SweepError, match=r"b/seed1: .* another config \(MODEL\.DIRECT: folder True, row False"):
+        run_state(runs["b/seed1"])
+    # a partial sweep aggregates what is there and lists the rest
+    table = collect(load_sweep(str(sweep_file)), list(runs.values()), str(root))
+    assert [len(r.finished) for r in table.rows] == [1, 0]
+    assert table.rows[0].stats["nothing"]["mAP"].std is None
+    assert any("another config" in state for _, state in table.rows[1].missing)
+
+
+def test_run_is_requeued_after_preemption_and_pickles_without_its_process(tmp_path):
+    run = Run("a", 0, str(tmp_path / "a" / "seed0"), "base.yml", ("OUTPUT_DIR", "x"), 1, {}, 0)
+    job = TrainRun(run)
+    job._proc = subprocess.Popen(["sleep", "60"])
+    delayed = job.checkpoint()  # what submitit calls on pre-emption / time-out
+    assert job._proc.returncode == -signal.SIGTERM  # the training was asked to stop (it writes last.pth)
+    assert isinstance(delayed.function, TrainRun) and delayed.function.run == run
+    assert pickle.loads(pickle.dumps(delayed.function))._proc is None
+    assert not (tmp_path / "a" / "seed0" / PID_FILE).exists()
+
+
+def test_slurm_executor_and_multi_gpu_command(tmp_path, monkeypatch):
+    fake_bin = tmp_path / "bin"  # submitit refuses to build a Slurm executor where no srun is on PATH
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    options = LaunchOptions("slurm", partition="gpu", time_min=240, gpus_per_run=4, cpus_per_run=32, mem_gb=128)
+    executor = make_executor(options, str(tmp_path), "sweep-x")
+    params = executor._executor.parameters
+    assert (params["partition"], params["time"], params["gpus_per_node"], params["cpus_per_task"]) == \
+        ("gpu", 240, 4, 32)
+    sbatch = executor._executor._make_submission_file_text("python -m x", "uid")
+    assert "#SBATCH --partition=gpu" in sbatch and "#SBATCH --time=240" in sbatch
+    assert "#SBATCH --gpus-per-node=4" in sbatch and "#SBATCH --signal=USR2@" in sbatch
+    assert "export PYTHONPATH=" in sbatch
+    run = Run("a", 0, "out", "cfg.yml", ("OUTPUT_DIR", "out"), 1, {}, gpus=4)
+    assert run.command(resume=True, python="py")[:8] == ["py", "-m", "torch.distributed.run", "--standalone",
+                                                         "--nproc_per_node", "4", "train_net.py", "--config_file"]
+    assert run.command(resume=True, python="py")[9] == "--resume"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The shipped sweep files.
+
+def spec_numbers() -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """The published figures of SPEC.md, parsed: file stem -> row -> setting -> metric -> percent."""
+    if not SPEC.is_file():
+        pytest.skip(f"{SPEC} not found")
+    text = " ".join(SPEC.read_text().split("## Published results", 1)[1].split())
+    n = r"(\d+(?:\.\d+)?)"  # a number, without the full stop that may follow it
+    main = {m.group(1): (float(m.group(2)), float(m.group(3)))
+            for m in re.finditer(rf"(RGBNT201|RGBNT100|MSVR310) mAP {n} / R-1 {n}", text)}
+    r5, r10 = map(float, re.search(rf"RGBNT201 mAP {n} / R-1 {n} / R-5 {n} / R-10 {n}", text).groups()[2:])
+    labels = {"-RGB": "r", "-NI": "n", "-TI": "t", "-RGB-NI": "rn", "-RGB-TI": "rt", "-NI-TI": "nt"}
+
+    def missing(section: str) -> dict[str, dict[str, float]]:
+        pairs = re.findall(rf"(-[A-Z-]+) {n}/{n}", section)
+        return {labels[name]: {"mAP": float(a), "Rank-1": float(b)} for name, a, b in pairs}
+
+    on201 = text.split("Missing spectra on RGBNT201", 1)[1].split("On RGBNT100", 1)[0]
+    on100 = text.split("On RGBNT100", 1)[1].split("Backbones", 1)[0]
+    backbones = {name: (float(a), float(b)) for name, a, b in
+                 re.findall(rf"(ViT-B/16|DeiT-S/16|T2T-ViT-24) {n}/{n}", text.split("Backbones", 1)[1])}
+    ablation = text.split("Ablation on RGBNT201", 1)[1]
+    concat_base, per_base = map(float, re.search(rf"concat baseline {n}, per-spectrum baseline {n}",
+                                                 ablation).groups())
+    tpm = list(map(float, re.search(rf"\+TPM {n} / {n}", ablation).groups()))
+    full = list(map(float, re.search(rf"\+TPM\+CRM {n} / {n}", ablation).groups()))
+    single = dict(re.findall(rf"(RGB|NI|TI) {n}", ablation.split("single spectrum", 1)[1]))
+
+    def fig(m: float, r: float | None = None) -> dict[str, dict[str, float]]:
+        return {"nothing": {"mAP": m, **({"Rank-1": r} if r is not None else {})}}
+
+    return {
+        "multispectral": {
+            "RGBNT201_direct_false": {"nothing": {"mAP": main["RGBNT201"][0], "Rank-1": main["RGBNT201"][1],
+                                                  "Rank-5": r5, "Rank-10": r10}},
+            "RGBNT201_direct_true": {}, "RGBNT100": fig(*main["RGBNT100"]), "MSVR310": fig(*main["MSVR310"])},
+        "missing": {"RGBNT201": {"nothing": fig(*main["RGBNT201"])["nothing"], **missing(on201)},
+                    "RGBNT100": {"nothing": fig(*main["RGBNT100"])["nothing"], **missing(on100)}},
+        "backbones": {"vit_base_patch16_224": fig(*backbones["ViT-B/16"]),
+                      "deit_small_patch16_224": fig(*backbones["DeiT-S/16"]),
+                      "t2t_vit_t_24": fig(*backbones["T2T-ViT-24"])},
+        "ablation": {"baseline_concat": fig(concat_base), "baseline_per_spectrum": fig(per_base),
+                     "tpm_concat": fig(tpm[0]), "tpm_per_spectrum": fig(tpm[1]), "tpm_crm_concat": fig(full[0]),
+                     "tpm_crm_per_spectrum": fig(full[1]), "single_RGB": fig(float(single["RGB"])),
+                     "single_NI": fig(float(single["NI"])), "single_TI": fig(float(single["TI"]))},
+        "learning_rate": {"lr_0.008": {}, "lr_0.009": {}, "lr_0.010": {}},  # SPEC has no figure for these
+        "demo_ablation": {"tpm_crm": {}, "tpm": {}, "baseline_concat": {}},
+    }
+
+
+def test_shipped_sweep_files_validate_and_quote_spec(tmp_path):
+    expected = spec_numbers()
+    files = sorted(PAPER.glob("*.yml"))
+    assert {f.stem for f in files} == set(expected)
+    for path in files:
+        sweep = load_sweep(str(path.relative_to(REPO)))
+        runs = plan_runs(sweep, str(tmp_path / path.stem), trailing=["MODEL.PRETRAIN_CHOICE", "none"])
+        assert len(runs) == len(sweep.rows) * len(sweep.seeds)
+        assert {name: {s: dict(m) for s, m in row.published.items()} for name, row in sweep.rows.items()} == \
+            expected[path.stem], path
+    by_key = {r.key: r for r in plan_runs(load_sweep(str(PAPER / "multispectral.yml")), str(tmp_path / "m"))}
+    assert by_key["RGBNT201_direct_false/seed0"].config["MODEL.DIRECT"] is False
+    assert by_key["RGBNT201_direct_true/seed0"].config["MODEL.DIRECT"] is True
+    missing = plan_runs(load_sweep(str(PAPER / "missing.yml")), str(tmp_path / "x"))
+    assert all(r.config["TEST.MISS"] == "all" for r in missing)
+    ablation = {r.row: r.config for r in plan_runs(load_sweep(str(PAPER / "ablation.yml")), str(tmp_path / "y"))}
+    assert ablation["single_NI"]["MODEL.SPECTRA"] == ["NI"] and ablation["single_NI"]["MODEL.BASE"] is True
+    demo = plan_runs(load_sweep(str(PAPER / "demo_ablation.yml")), str(tmp_path / "d"))
+    assert len(demo) <= 6 and all(r.max_epochs <= 10 and r.config["MODEL.DEVICE"] != "cuda" for r in demo)
+    assert set(MISS_SETTINGS) >= {s for rows in expected.values() for row in rows.values() for s in row}
