@@ -17,10 +17,12 @@ import each other (``data`` and ``modeling`` in particular):
     5 loss, solver          loss/triplet.py takes its distance from evaluation/distance.py (written once), so
                             evaluation sits one layer below the losses rather than beside them
     6 processor             training loop and feature extraction
-    7 tools, experiments    command-line tools; a tool imports tools/common.py, not another tool
-    8 benchmarks            benchmarks/run.py times tools/count_params.count_flops, so above the tools
-    8 train_net, test_net   thin entry points
-    9 tests                 may import anything
+    7 experiments           sweeps: many runs of train_net.py, their states and tables
+    8 tools                 command-line tools (tools/sweep.py drives experiments/); a tool imports
+                            tools/common.py, not another tool
+    9 benchmarks            benchmarks/run.py times tools/count_params.count_flops, so above the tools
+    9 train_net, test_net   thin entry points
+   10 tests                 may import anything
 """
 
 from __future__ import annotations
@@ -44,12 +46,12 @@ LAYERS: dict[str, int] = {
     "loss": 5,
     "solver": 5,
     "processor": 6,
-    "tools": 7,
     "experiments": 7,
-    "benchmarks": 8,
-    "train_net": 8,
-    "test_net": 8,
-    "tests": 9,
+    "tools": 8,
+    "benchmarks": 9,
+    "train_net": 9,
+    "test_net": 9,
+    "tests": 10,
 }
 
 Edge = tuple[str, str]
