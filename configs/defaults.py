@@ -130,7 +130,7 @@ _C.SOLVER.LOG_PERIOD = 10
 RULES["SOLVER.LOG_PERIOD"] = number(1, integer=True)
 _C.SOLVER.EVAL_PERIOD = 1
 RULES["SOLVER.EVAL_PERIOD"] = number(0, integer=True)
-_C.SOLVER.AMP = True  # mixed precision on CUDA (ignored on CPU)
+_C.SOLVER.AMP = True  # mixed precision of training on CUDA (ignored on CPU); evaluation: TEST.AMP
 _C.SOLVER.AMP_DTYPE = "fp16"  # fp16 (with a grad scaler) | bf16
 RULES["SOLVER.AMP_DTYPE"] = one_of("fp16", "bf16")
 _C.SOLVER.GRAD_CLIP = 0.0  # max gradient norm; 0 disables
@@ -150,6 +150,9 @@ _C.TEST.FEAT_NORM = True
 _C.TEST.MISS = "nothing"  # nothing | r | n | t | rn | rt | nt | all
 RULES["TEST.MISS"] = one_of(*MISS_SETTINGS, "all")
 _C.TEST.SAVE_FEATURES = False
+# Mixed precision (SOLVER.AMP_DTYPE) for test features on CUDA. The original extracts them in fp32 even when it
+# trains with AMP, so the default is False; SOLVER.AMP only concerns training.
+_C.TEST.AMP = False
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.OUTPUT_DIR = "./logs/run"

@@ -16,7 +16,7 @@ from data.build import build_test_loader
 from data.datasets import Record
 from data.datasets.base import record_key
 from modeling.checkpoint import model_from_checkpoint
-from processor.inference import ExtractedFeatures, batch_features, extract_features, missing_by_setting
+from processor.inference import ExtractedFeatures, batch_features, eval_amp, extract_features, missing_by_setting
 from utils.checkpoint import CheckpointError
 from utils.env import amp_dtype, resolve_device
 from utils.spectra import missing_spectra
@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 class Predictor:
-    """Features of a model in eval mode on ``device``; autocast in ``amp_dtype`` when ``amp`` and on CUDA.
+    """Features of a model in eval mode on ``device``; autocast in ``SOLVER.AMP_DTYPE`` on CUDA when ``amp`` (default:
+    ``TEST.AMP``; fp32 otherwise, as the original evaluates).
 
     ``cfg`` supplies the test transform, batch size and workers of :meth:`record_features`."""
 
@@ -34,7 +35,7 @@ class Predictor:
         self.device = device or resolve_device(cfg.MODEL.DEVICE)
         self.model = getattr(model, "module", model).to(self.device).eval()
         self.cfg = cfg
-        self.amp = (cfg.SOLVER.AMP if amp is None else amp) and self.device.type == "cuda"
+        self.amp = eval_amp(cfg, self.device) if amp is None else amp and self.device.type == "cuda"
         self.amp_dtype = amp_dtype(cfg.SOLVER.AMP_DTYPE)
         self.num_classes, self.num_cameras, self.checkpoint = num_classes, num_cameras, checkpoint
         self.epoch: int | None = None  # the checkpoint's epoch, when it records one
