@@ -87,6 +87,12 @@ _C.DATALOADER.SAMPLER = "softmax_triplet"  # softmax_triplet (P x K) | softmax (
 RULES["DATALOADER.SAMPLER"] = one_of("softmax_triplet", "softmax")
 _C.DATALOADER.NUM_INSTANCE = 16
 RULES["DATALOADER.NUM_INSTANCE"] = number(1, integer=True)
+# When an epoch of the P x K sampler ends. original: when fewer than P identities have chunks of K images left, as
+# the original code (the number of iterations varies per epoch); fixed: always sum_i max(n_i, K) // K // P
+# iterations, dealing a new round of chunks when needed. The shipped data-set configs say original (from
+# Base-TOP-ReID.yml); the default stays fixed so that configs and runs from before the key keep their batches.
+_C.DATALOADER.EPOCH_RULE = "fixed"
+RULES["DATALOADER.EPOCH_RULE"] = one_of("original", "fixed")
 _C.DATALOADER.NUM_WORKERS = 8
 RULES["DATALOADER.NUM_WORKERS"] = number(0, integer=True)
 # Decode and resize every training image once, before training, and keep them in memory (uint8 at INPUT.SIZE_TRAIN:

@@ -3,23 +3,62 @@ CRM targets not detached, the BNNeck head's initialisation, MSVR310's scene junk
 
 from __future__ import annotations
 
+import math
+import random
+from collections import Counter, defaultdict
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from configs import load_config
+from data.datasets import build_dataset
+from data.samplers import RandomIdentitySampler
 from processor import hooks as hooks_module
-from processor.hooks import EvalHook
+from processor.hooks import EvalHook, HookBase, StopOnSignal
 from processor.inference import eval_amp
 from processor.predictor import Predictor
+from processor.trainer import Trainer, TrainingInterrupted
+from tests.helpers import register_toy_backbone
+
+try:
+    from tests.helpers import tiny_opts
+except ImportError:
+    from tests.conftest import tiny_opts
 
 CUDA = torch.device("cuda")  # a device object only: nothing is allocated on it
 
 
 class _Stop(Exception):
     pass
+
+
+def _trainer(demo_root, out, resume=False, **overrides):
+    return Trainer(load_config(None, tiny_opts(demo_root, str(out), **overrides)), resume=resume)
+
+
+def _losses(history):
+    return [(h["epoch"], h["iteration"], h["loss"]) for h in history]
+
+
+class _StopAt(HookBase):
+    """Asks the trainer to stop after global step ``step`` (as SIGTERM would)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def after_step(self) -> None:
+        if self.trainer.global_step == self.step:
+            self.trainer.request_stop()
+
+
+def _stop_at(trainer, step):
+    """Stop ``trainer`` after global step ``step``: the request comes before the stop hook looks for one."""
+    hook = _StopAt(step)
+    hook.trainer = trainer
+    trainer.hooks.insert(next(i for i, h in enumerate(trainer.hooks) if isinstance(h, StopOnSignal)), hook)
 
 
 class _StaysPut(nn.Module):
@@ -56,3 +95,159 @@ def test_test_amp_alone_decides_autocast_in_evaluation(solver_amp, test_amp, mon
 
 def test_test_amp_defaults_to_fp32():
     assert load_config(None, []).TEST.AMP is False
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# DATALOADER.EPOCH_RULE original: the P x K sampler of the original code, re-implemented independently here.
+
+def original_sampler_epoch(pids: list[int], k: int, p: int, rnd: random.Random) -> list[list[int]]:
+    """One epoch of the original RandomIdentitySampler, in plain Python: each identity's images shuffled and cut
+    into chunks of k (fewer than k images: k drawn with replacement); each step takes one chunk of each of p
+    identities drawn among those with chunks left; the epoch ends when fewer than p identities have chunks left."""
+    images: dict[int, list[int]] = defaultdict(list)
+    for index, pid in enumerate(pids):
+        images[pid].append(index)
+    chunks = {}
+    for pid, indices in images.items():
+        indices = list(indices) if len(indices) >= k else [rnd.choice(indices) for _ in range(k)]
+        rnd.shuffle(indices)
+        chunks[pid] = [indices[i:i + k] for i in range(0, len(indices) - k + 1, k)]
+    available = list(chunks)
+    batches = []
+    while len(available) >= p:
+        batch = []
+        for pid in rnd.sample(available, p):
+            batch += chunks[pid].pop(0)
+            if not chunks[pid]:
+                available.remove(pid)
+        batches.append(batch)
+    return batches
+
+
+def _rgbnt100_like_pids(seed: int = 0) -> list[int]:
+    """50 identities with very different image counts (1 to ~150, a long tail like RGBNT100's 3 to ~600, at a
+    quarter of the size: the tests use K = 4 instead of 16), interleaved."""
+    rnd = random.Random(seed)
+    counts = [1, 3, 4] + [int(5 * math.exp(rnd.uniform(0, 3.4))) for _ in range(47)]
+    pids = [pid for pid, n in enumerate(counts) for _ in range(n)]
+    rnd.shuffle(pids)
+    return pids
+
+
+def _chunks_of(pids, k):
+    return {pid: max(n, k) // k for pid, n in Counter(pids).items()}
+
+
+def test_original_epoch_rule_ends_when_fewer_than_p_identities_have_chunks_left():
+    pids, k, p = _rgbnt100_like_pids(), 4, 8
+    sampler = RandomIdentitySampler(pids, k * p, k, seed=1111, epoch_rule="original")
+    chunks, counts = _chunks_of(pids, k), Counter(pids)
+    lengths = []
+    for epoch in range(1, 21):
+        sampler.set_epoch(epoch)
+        expected_len = len(sampler)  # known before iterating
+        batches = [[i for i, _ in b] for b in sampler]
+        assert len(batches) == expected_len
+        lengths.append(expected_len)
+        used = Counter()
+        for b in batches:
+            ids = [pids[i] for i in b]
+            assert Counter(ids) == {ids[j]: k for j in range(0, k * p, k)} and len(set(ids)) == p
+            used.update(set(ids))
+        left = [pid for pid, n in chunks.items() if used[pid] < n]
+        assert all(used[pid] <= n for pid, n in chunks.items())  # never a second round of chunks
+        assert len(left) < p  # the epoch ended because fewer than P identities had chunks left ...
+        assert len(batches) == 0 or len(left) + sum(1 for pid in set(pids[i] for i in batches[-1][::k])
+                                                     if used[pid] == chunks[pid]) >= p  # ... and not earlier
+        seen = [i for b in batches for i in b if counts[pids[i]] >= k]
+        assert len(seen) == len(set(seen))  # no image twice in an epoch (identities with at least K images)
+    assert len(set(lengths)) > 1  # the number of batches varies per epoch
+    assert max(lengths) < sum(chunks.values()) // p  # shorter than the fixed rule's epoch
+
+
+def test_original_epoch_rule_matches_an_independent_reimplementation():
+    """Same distribution of batches per epoch and of each identity's batches per epoch as the plain-Python original
+    over 300 epochs (different random streams, so the comparison is statistical: within 5 standard errors)."""
+    pids, k, p, epochs = _rgbnt100_like_pids(), 4, 8, 300
+    sampler = RandomIdentitySampler(pids, k * p, k, seed=5, epoch_rule="original")
+    rnd = random.Random(5)
+    ours, ref = [], []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        batches = sampler.epoch_batches().tolist()
+        ours.append((len(batches), Counter(pids[i] for b in batches for i in b[::k])))
+        batches = original_sampler_epoch(pids, k, p, rnd)
+        ref.append((len(batches), Counter(pids[i] for b in batches for i in b[::k])))
+
+    def close(a, b):
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        se = math.sqrt(a.var() / len(a) + b.var() / len(b)) + 1e-9
+        assert abs(a.mean() - b.mean()) <= 5 * se + 1e-6, (a.mean(), b.mean(), se)
+
+    close([n for n, _ in ours], [n for n, _ in ref])
+    assert np.std([n for n, _ in ours]) > 0
+    for pid in sorted(set(pids)):  # the multiset of identities of an epoch: how often each identity is drawn
+        close([c[pid] for _, c in ours], [c[pid] for _, c in ref])
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_original_epoch_rule_rank_slices_partition_the_batches(world_size):
+    pids = _rgbnt100_like_pids(1)
+    full = RandomIdentitySampler(pids, 32, 4, seed=3, epoch_rule="original")
+    parts = [RandomIdentitySampler(pids, 32, 4, seed=3, rank=r, world_size=world_size, epoch_rule="original")
+             for r in range(world_size)]
+    for epoch in (1, 2, 3):
+        for s in (full, *parts):
+            s.set_epoch(epoch)
+        assert len({len(s) for s in (full, *parts)}) == 1
+        expected = [list(b) for b in full]
+        pieces = [[list(b) for b in s] for s in parts]
+        assert [sum((piece[i] for piece in pieces), []) for i in range(len(expected))] == expected
+
+
+def test_epoch_rule_key():
+    assert load_config(None, []).DATALOADER.EPOCH_RULE == "fixed"
+    assert load_config("configs/RGBNT100/TOP-ReID.yml", []).DATALOADER.EPOCH_RULE == "original"
+    with pytest.raises(ValueError, match="EPOCH_RULE"):
+        RandomIdentitySampler([0, 0, 1, 1], 4, 2, epoch_rule="orignal")
+
+
+class _EpochLengths(HookBase):
+    """Records (epoch, iters_per_epoch announced before the epoch, steps done at its end)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, int]] = []
+
+    def before_epoch(self) -> None:
+        self.announced = self.trainer.iters_per_epoch
+
+    def after_epoch(self) -> None:
+        self.seen.append((self.trainer.epoch, self.announced, self.trainer.iteration))
+
+
+@pytest.mark.slow
+def test_trainer_takes_the_epoch_length_per_epoch_and_resumes_mid_epoch(demo_root, tmp_path):
+    opts = {"MODEL.TRANSFORMER_TYPE": register_toy_backbone(), "DATALOADER.EPOCH_RULE": "original",
+            "SOLVER.MAX_EPOCHS": "2", "SOLVER.EVAL_PERIOD": "0", "TEST.IMS_PER_BATCH": "256"}
+    sampler = RandomIdentitySampler([r.pid for r in build_dataset("demo", demo_root).train], 16, 4,
+                                    seed=load_config(None, []).SOLVER.SEED, epoch_rule="original")
+    lengths = []
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        lengths.append(len(sampler))
+    assert lengths[0] != lengths[1]  # the demo data and seed give epochs of different lengths
+
+    reference = _trainer(demo_root, tmp_path / "a", **opts)
+    recorder = _EpochLengths()
+    reference.register_hooks([recorder])
+    reference.train()
+    assert recorder.seen == [(1, lengths[0], lengths[0]), (2, lengths[1], lengths[1])]
+
+    first = _trainer(demo_root, tmp_path / "b", **opts)
+    _stop_at(first, lengths[0] + 3)  # mid-epoch 2
+    with pytest.raises(TrainingInterrupted):
+        first.train()
+    resumed = _trainer(demo_root, tmp_path / "b", resume=True, **opts)
+    assert (resumed.start_epoch, resumed.start_iteration) == (2, 3)
+    resumed.train()
+    assert _losses(first.history) + _losses(resumed.history) == _losses(reference.history)
