@@ -3,8 +3,12 @@ CRM targets not detached, the BNNeck head's initialisation, MSVR310's scene junk
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from types import SimpleNamespace
 
@@ -12,12 +16,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from configs import load_config
 from data.datasets import build_dataset
 from data.samplers import RandomIdentitySampler
+from evaluation import evaluate_rank
 from layers.bnneck import BNNeckHead
+from modeling import build_model
+from modeling.checkpoint import model_payload
 from modeling.crm import ComplementaryReconstruction
 from processor import hooks as hooks_module
 from processor.hooks import EvalHook, HookBase, StopOnSignal
@@ -25,12 +33,14 @@ from processor.inference import eval_amp
 from processor.predictor import Predictor
 from processor.trainer import Trainer, TrainingInterrupted
 from tests.helpers import register_toy_backbone
+from utils.checkpoint import save_checkpoint
 
 try:
     from tests.helpers import tiny_opts
 except ImportError:
     from tests.conftest import tiny_opts
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA = torch.device("cuda")  # a device object only: nothing is allocated on it
 
 
@@ -305,3 +315,66 @@ def test_bnneck_classifier_init_is_normal_std_0_001_without_bias():
     assert abs(w.mean().item()) < 0.00001
     # normal, not uniform: the fourth moment ratio is 3 (uniform 1.8)
     assert abs((w - w.mean()).pow(4).mean().item() / w.var().item() ** 2 - 3) < 0.05
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# End to end through test_net.py and the trainer.
+
+def _run_script(script, args, timeout=600):
+    return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _jpeg(path, pixels):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=95)
+
+
+def _write_msvr310_junk_tree(root) -> None:
+    """Per query (pid q, scene 1, camera 0, image X_q) the gallery holds A: pid q, scene 1, camera 1 (random
+    image) and B: pid q, scene 2, camera 0, image X_q, among distractors. Scene junk leaves out A, so B (the same
+    image and camera as the query, distance 0) is the only match and mAP is 1; camera junk leaves out B instead
+    and A is the only match, at a random rank."""
+    rng = np.random.default_rng(0)
+
+    def noise():
+        return rng.integers(0, 256, (64, 32, 3), dtype=np.uint8)
+
+    def put(split, name, pixels):
+        for folder in ("vis", "ni", "th"):
+            _jpeg(os.path.join(root, "MSVR310", split, name[:4], folder, name), pixels)
+
+    put("bounding_box_train", "0001_s001_v0_000.jpg", noise())
+    put("bounding_box_train", "0002_s001_v1_000.jpg", noise())
+    for q in (10, 11, 12, 13):
+        same = noise()
+        put("query3", f"{q:04d}_s001_v0_000.jpg", same)
+        put("bounding_box_test", f"{q:04d}_s001_v1_001.jpg", noise())
+        put("bounding_box_test", f"{q:04d}_s002_v0_002.jpg", same)
+    for d in range(20, 30):
+        put("bounding_box_test", f"{d:04d}_s{3 + d % 4:03d}_v{d % 2}_000.jpg", noise())
+
+
+def test_msvr310_is_evaluated_with_scene_junk_through_test_net(tmp_path):
+    _write_msvr310_junk_tree(tmp_path / "data")
+    opts = ["DATASETS.NAMES", "MSVR310", "DATASETS.ROOT_DIR", str(tmp_path / "data"), "MODEL.DEVICE", "cpu",
+            "MODEL.TRANSFORMER_TYPE", "vit_tiny_patch16_224", "MODEL.PRETRAIN_CHOICE", "none",
+            "INPUT.SIZE_TRAIN", "[64,32]", "INPUT.SIZE_TEST", "[64,32]", "DATALOADER.NUM_WORKERS", "0",
+            "OUTPUT_DIR", str(tmp_path / "out")]
+    cfg = load_config(None, opts)
+    torch.manual_seed(0)
+    save_checkpoint(str(tmp_path / "model.pth"), model_payload(build_model(cfg, 2, 2), cfg, 2, 2))
+    proc = _run_script("test_net.py", [*opts, "TEST.WEIGHT", str(tmp_path / "model.pth"), "TEST.SAVE_FEATURES",
+                                       "True"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "results.json").read_text())["settings"]["nothing"]
+    assert metrics["mAP"] == pytest.approx(1.0) and metrics["Rank-1"] == pytest.approx(1.0)
+
+    saved = np.load(tmp_path / "out" / "features.npz")
+    nq = int(saved["num_query"])
+    feats = F.normalize(torch.from_numpy(saved["feat_nothing"]), dim=1)
+    dist = torch.cdist(feats[:nq], feats[nq:]).pow(2).numpy()
+    pids, camids, sceneids = saved["pids"], saved["camids"], saved["sceneids"]
+    _, scene_map, _ = evaluate_rank(dist, pids[:nq], pids[nq:], sceneids[:nq], sceneids[nq:])
+    _, camera_map, _ = evaluate_rank(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:])
+    assert metrics["mAP"] == pytest.approx(scene_map)
+    assert camera_map < 0.9  # the tree tells the two rules apart
