@@ -378,3 +378,47 @@ def test_msvr310_is_evaluated_with_scene_junk_through_test_net(tmp_path):
     _, camera_map, _ = evaluate_rank(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:])
     assert metrics["mAP"] == pytest.approx(scene_map)
     assert camera_map < 0.9  # the tree tells the two rules apart
+
+
+@pytest.mark.slow
+def test_test_net_all_settings_equal_the_trainers_evaluation(demo_root, tmp_path):
+    train_dir, test_dir = tmp_path / "train", tmp_path / "test"
+    trainer = _trainer(demo_root, train_dir, **{"TEST.MISS": "all"})
+    trainer.train()
+    during_training = json.loads((train_dir / "results.json").read_text())
+    assert during_training["epoch"] == 1 == torch.load(train_dir / "best.pth", weights_only=True)["epoch"]
+    proc = _run_script("test_net.py", tiny_opts(demo_root, str(test_dir), **{
+        "TEST.MISS": "all", "TEST.WEIGHT": str(train_dir / "best.pth")}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from_test_net = json.loads((test_dir / "results.json").read_text())
+    assert list(from_test_net["settings"]) == list(during_training["settings"])
+    assert len(during_training["settings"]) == 7
+    for setting, metrics in during_training["settings"].items():
+        assert from_test_net["settings"][setting] == pytest.approx(metrics, abs=1e-6), setting
+
+
+@pytest.mark.slow
+def test_nan_stop_keeps_the_previous_last_pth(demo_root, tmp_path):
+    """Epoch 1 trains; epoch 2's loss is NaN. With a log period longer than the epoch the NaN is only seen at the
+    epoch's end, just before last.pth would be written: it must stay the file of epoch 1, byte for byte. (Epoch 3
+    exists so that nothing evaluates after epoch 2; reaching it means the NaN went unnoticed.)"""
+    trainer = _trainer(demo_root, tmp_path, **{"MODEL.TRANSFORMER_TYPE": register_toy_backbone(),
+                                               "SOLVER.MAX_EPOCHS": "3", "SOLVER.EVAL_PERIOD": "0",
+                                               "SOLVER.LOG_PERIOD": "1000"})
+    loss_fn, before = trainer.loss_fn, {}
+
+    def poisoned(outputs, labels):
+        total, terms = loss_fn(outputs, labels)
+        if trainer.epoch == 3:
+            raise _Stop
+        if trainer.epoch == 2:
+            before.setdefault("last.pth", (tmp_path / "last.pth").read_bytes())
+            total = total * float("nan")
+        return total, terms
+
+    trainer.loss_fn = poisoned
+    with pytest.raises((FloatingPointError, _Stop)) as stopped:
+        trainer.train()
+    assert (tmp_path / "last.pth").read_bytes() == before["last.pth"]
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 1
+    assert stopped.type is FloatingPointError and "NaN" in str(stopped.value)
