@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from evaluation import evaluate_settings, format_table
-from processor.inference import eval_amp, extract_features, write_results
+from processor.inference import compiled_backbone_tokens, eval_amp, extract_features, write_results
 from utils import distributed as du
 from utils.checkpoint import save_checkpoint
 
@@ -115,6 +115,7 @@ class EvalHook(HookBase):
 
     def __init__(self, period: int) -> None:
         self.period = period
+        self.tokens_fn = None  # the compiled backbones under MODEL.COMPILE, built at the first evaluation
 
     def after_epoch(self) -> None:
         t = self.trainer
@@ -123,8 +124,10 @@ class EvalHook(HookBase):
 
     def evaluate(self) -> dict[str, Any]:
         t = self.trainer
+        if t.cfg.MODEL.COMPILE and self.tokens_fn is None:
+            self.tokens_fn = compiled_backbone_tokens(t.model)
         extracted = extract_features(t.model, t.data.test_loader, t.device, t.settings, eval_amp(t.cfg, t.device),
-                                     t.amp_dtype)
+                                     t.amp_dtype, self.tokens_fn)
         if not t.main:
             return {}
         cfg = t.cfg

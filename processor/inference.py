@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +51,16 @@ def eval_amp(cfg: CfgNode, device: torch.device) -> bool:
     return bool(cfg.TEST.AMP) and device.type == "cuda"
 
 
+TokensFn = Callable[..., dict]  # (images, cams) -> tokens per spectrum, as TOPReID.backbone_tokens
+
+
+def compiled_backbone_tokens(model: nn.Module) -> TokensFn:
+    """``model.backbone_tokens`` under ``torch.compile`` (``MODEL.COMPILE`` in evaluation). The backbones are where
+    evaluation spends its time; CRM completion and TPM stay eager, as they run once per missing-spectrum setting on
+    a different set of spectra each time and would be recompiled for every setting."""
+    return torch.compile(getattr(model, "module", model).backbone_tokens)
+
+
 def _autocast(device: torch.device, amp: bool, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype, enabled=amp and device.type == "cuda")
 
@@ -83,14 +93,15 @@ def needed_spectra(model: nn.Module, missing: dict[str, frozenset[str]]) -> list
 
 
 def batch_features(model: nn.Module, batch: dict, device: torch.device, missing: dict[str, frozenset[str]],
-                   amp: bool = False, amp_dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-    """Test features (float32, CPU) of one batch for every setting: each needed backbone runs once, CRM
-    reconstructions are shared by the settings."""
+                   amp: bool = False, amp_dtype: torch.dtype = torch.float16,
+                   tokens_fn: TokensFn | None = None) -> dict[str, torch.Tensor]:
+    """Test features (float32, CPU) of one batch for every setting: each needed backbone runs once (through
+    ``tokens_fn``, default ``model.backbone_tokens``), CRM reconstructions are shared by the settings."""
     images = {s: batch["images"][s].to(device, non_blocking=True) for s in needed_spectra(model, missing)}
     cams = batch["camid"].to(device, non_blocking=True)
     out = {}
     with _autocast(device, amp, amp_dtype):
-        tokens = model.backbone_tokens(images, cams)
+        tokens = (tokens_fn or model.backbone_tokens)(images, cams)
         cache: dict = {}  # CRM reconstructions shared by the settings of this batch
         for name, m in missing.items():
             available = {s: t for s, t in tokens.items() if s not in m}
@@ -100,9 +111,10 @@ def batch_features(model: nn.Module, batch: dict, device: torch.device, missing:
 
 @torch.no_grad()
 def extract_features(model: nn.Module, loader: DataLoader, device: torch.device, settings: Sequence[str],
-                     amp: bool = False, amp_dtype: torch.dtype = torch.float16) -> ExtractedFeatures:
+                     amp: bool = False, amp_dtype: torch.dtype = torch.float16,
+                     tokens_fn: TokensFn | None = None) -> ExtractedFeatures:
     """Test features of every setting for the whole loader. Under torchrun each rank takes every world-th batch
-    and rank 0 receives everything, in loader order."""
+    and rank 0 receives everything, in loader order. ``tokens_fn``: see :func:`batch_features`."""
     model = getattr(model, "module", model)
     was_training = model.training
     model.eval()
@@ -114,7 +126,7 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
     pids, camids, sceneids, names = [], [], [], []
     for batch_index, batch in _rank_batches(loader, rank, world):
         order.append(batch_index)
-        for name, f in batch_features(model, batch, device, missing, amp, amp_dtype).items():
+        for name, f in batch_features(model, batch, device, missing, amp, amp_dtype, tokens_fn).items():
             feats[name].append(f)
         pids.append(batch["pid"].numpy())
         camids.append(batch["camid"].numpy())

@@ -16,7 +16,14 @@ from data.build import build_test_loader
 from data.datasets import Record
 from data.datasets.base import record_key
 from modeling.checkpoint import model_from_checkpoint
-from processor.inference import ExtractedFeatures, batch_features, eval_amp, extract_features, missing_by_setting
+from processor.inference import (
+    ExtractedFeatures,
+    batch_features,
+    compiled_backbone_tokens,
+    eval_amp,
+    extract_features,
+    missing_by_setting,
+)
 from utils.checkpoint import CheckpointError
 from utils.env import amp_dtype, resolve_device
 from utils.spectra import missing_spectra
@@ -28,7 +35,8 @@ class Predictor:
     """Features of a model in eval mode on ``device``; autocast in ``SOLVER.AMP_DTYPE`` on CUDA when ``amp`` (default:
     ``TEST.AMP``; fp32 otherwise, as the original evaluates).
 
-    ``cfg`` supplies the test transform, batch size and workers of :meth:`record_features`."""
+    ``cfg`` supplies the test transform, batch size and workers of :meth:`record_features`; with ``MODEL.COMPILE``
+    the backbones run under ``torch.compile`` (:func:`processor.inference.compiled_backbone_tokens`)."""
 
     def __init__(self, model: nn.Module, cfg: CfgNode, device: torch.device | None = None, amp: bool | None = None,
                  num_classes: int = 0, num_cameras: int = 0, checkpoint: str = "") -> None:
@@ -39,6 +47,7 @@ class Predictor:
         self.amp_dtype = amp_dtype(cfg.SOLVER.AMP_DTYPE)
         self.num_classes, self.num_cameras, self.checkpoint = num_classes, num_cameras, checkpoint
         self.epoch: int | None = None  # the checkpoint's epoch, when it records one
+        self.tokens_fn = compiled_backbone_tokens(self.model) if cfg.MODEL.COMPILE else None
 
     @classmethod
     def from_config(cls, cfg: CfgNode, device: str | None = None, log: bool = True) -> Predictor:
@@ -70,7 +79,7 @@ class Predictor:
 
     def extract(self, loader: DataLoader, settings: Sequence[str]) -> ExtractedFeatures:
         """Features of every setting for a whole loader, in one pass (see :func:`extract_features`)."""
-        return extract_features(self.model, loader, self.device, settings, self.amp, self.amp_dtype)
+        return extract_features(self.model, loader, self.device, settings, self.amp, self.amp_dtype, self.tokens_fn)
 
     @torch.no_grad()
     def feature_batches(self, records: Sequence[Record], settings: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
@@ -79,7 +88,7 @@ class Predictor:
         missing = missing_by_setting(self.model, settings)
         spectra = [s for s in self.spectra if any(s not in m for m in missing.values())]
         for batch in self.loader(records, spectra):
-            yield batch_features(self.model, batch, self.device, missing, self.amp, self.amp_dtype)
+            yield batch_features(self.model, batch, self.device, missing, self.amp, self.amp_dtype, self.tokens_fn)
 
     def record_features(self, records: Sequence[Record], settings: Sequence[str]) -> dict[str, torch.Tensor]:
         """Setting -> features [len(records), F] of ``records``; a sample listed twice is run once."""

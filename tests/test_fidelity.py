@@ -22,14 +22,14 @@ from torch import nn
 from configs import load_config
 from data.datasets import build_dataset
 from data.samplers import RandomIdentitySampler
-from evaluation import evaluate_rank
+from evaluation import evaluate_rank, evaluate_settings
 from layers.bnneck import BNNeckHead
 from modeling import build_model
 from modeling.checkpoint import model_payload
 from modeling.crm import ComplementaryReconstruction
 from processor import hooks as hooks_module
 from processor.hooks import EvalHook, HookBase, StopOnSignal
-from processor.inference import eval_amp
+from processor.inference import eval_amp, extract_features
 from processor.predictor import Predictor
 from processor.trainer import Trainer, TrainingInterrupted
 from tests.helpers import register_toy_backbone
@@ -422,3 +422,29 @@ def test_nan_stop_keeps_the_previous_last_pth(demo_root, tmp_path):
     assert (tmp_path / "last.pth").read_bytes() == before["last.pth"]
     assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 1
     assert stopped.type is FloatingPointError and "NaN" in str(stopped.value)
+
+
+@pytest.mark.slow
+def test_model_compile_in_training_and_evaluation(demo_root, tmp_path, monkeypatch):
+    """MODEL.COMPILE through the trainer on CPU (toy backbone, one epoch of 7 steps): the training model and the
+    backbones of the evaluation run compiled, and the evaluation equals the eager one. The graphs are captured by
+    dynamo and AOT autograd as with the default backend, but run by ``aot_eager``: inductor's C++ code generation
+    takes minutes on a CI CPU (4 min here, 30 s with aot_eager) and is torch's to test, not ours."""
+    real_compile, compiled = torch.compile, []
+
+    def spy(target, *args, **kwargs):
+        compiled.append(target)
+        return real_compile(target, *args, **{**kwargs, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch, "compile", spy)
+    trainer = _trainer(demo_root, tmp_path, **{"MODEL.TRANSFORMER_TYPE": register_toy_backbone(),
+                                               "MODEL.COMPILE": "True", "SOLVER.IMS_PER_BATCH": "64",
+                                               "TEST.IMS_PER_BATCH": "256"})
+    results = trainer.train()
+    assert len(trainer.history) == trainer.iters_per_epoch == 7
+    assert all(math.isfinite(h["loss"]) for h in trainer.history)
+    assert compiled[0] is trainer.model  # the training model
+    assert len(compiled) == 2 and compiled[1] == trainer.model.backbone_tokens  # the evaluation's backbones
+    eager = extract_features(trainer.model, trainer.data.test_loader, trainer.device, trainer.settings)
+    expected = evaluate_settings(eager, trainer.data.num_query, "camid", True, False)
+    assert results["nothing"] == pytest.approx(expected["nothing"], abs=1e-4)
