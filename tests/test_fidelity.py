@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -448,3 +449,66 @@ def test_model_compile_in_training_and_evaluation(demo_root, tmp_path, monkeypat
     eager = extract_features(trainer.model, trainer.data.test_loader, trainer.device, trainer.settings)
     expected = evaluate_settings(eager, trainer.data.num_query, "camid", True, False)
     assert results["nothing"] == pytest.approx(expected["nothing"], abs=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Two DDP processes against one process computing the same thing.
+
+class _RankSharesTrainer(Trainer):
+    """One process doing what two DDP processes do with the same global batch: the loss of each rank's share (the
+    r-th contiguous half of the batch) computed on its own, so BNNeck batch statistics and batch-hard triplet mining
+    are per share as in DDP without SyncBatchNorm (and as the original's DDP mode); the gradients averaged, as DDP's
+    all-reduce does. It logs share 0's loss terms, which is what rank 0 of the DDP run logs."""
+
+    shares = 2
+
+    def run_step(self, batch):
+        n = len(batch["pid"])
+        size = n // self.shares
+        self.optimizer.zero_grad(set_to_none=True)
+        logged = None
+        for r in range(self.shares):
+            part = slice(r * size, (r + 1) * size)
+            images = {s: batch["images"][s][part] for s in self.model.spectra}
+            loss, terms = self.loss_fn(self.train_model(images, batch["camid"][part]), batch["pid"][part])
+            (loss / self.shares).backward()
+            logged = logged or {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+        self.optimizer.step()
+        self.step_outputs, self.step_samples = logged, n
+        self.iteration += 1
+        self.global_step += 1
+
+
+def _tb_scalars(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(os.path.join(run_dir, "tb"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return [(e.step, e.value) for e in accumulator.Scalars(tag)]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_losses_equal_the_one_process_run(demo_root, tmp_path):
+    """Two gloo processes on CPU (torch.distributed.run) against the one-process run of the same global batches.
+    The tolerance is tight but not zero: the all-reduce adds the two gradients in another order than autograd's
+    accumulation, a rounding difference (about 1e-7 relative) that the following steps carry along."""
+    opts = {"SOLVER.IMS_PER_BATCH": "64", "MODEL.DROP_PATH": "0.0", "SOLVER.EVAL_PERIOD": "0",
+            "TEST.IMS_PER_BATCH": "256"}
+    ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "one"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "train_net.py", *tiny_opts(demo_root, str(ddp_dir), **opts)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = _RankSharesTrainer(load_config(None, tiny_opts(demo_root, str(one_dir), **opts)))
+    one.train()
+
+    logged = re.findall(r"epoch 1 iter (\d+)/(\d+): loss ([\d.]+)", (ddp_dir / "train_log.txt").read_text())
+    assert [int(i) for i, _, _ in logged] == list(range(1, 8)) and {n for _, n, _ in logged} == {"7"}
+    expected = [h["loss"] for h in one.history]
+    assert [float(v) for _, _, v in logged] == pytest.approx(expected, abs=6e-4)  # the log has 3 decimals
+    for tag in ("train/loss", "train/tpm.id", "train/tpm.triplet", "train/crm"):
+        ddp, single = _tb_scalars(ddp_dir, tag), _tb_scalars(one_dir, tag)
+        assert [s for s, _ in ddp] == [s for s, _ in single] == list(range(1, 8))
+        assert [v for _, v in ddp] == pytest.approx([v for _, v in single], rel=1e-4, abs=1e-6), tag
+    assert expected[0] != expected[-1]  # the steps do change the model
