@@ -94,7 +94,7 @@ def test_test_amp_alone_decides_autocast_in_evaluation(solver_amp, test_amp, mon
 
     seen = {}
 
-    def fake_extract(model, loader, device, settings, amp=False, amp_dtype=None):
+    def fake_extract(model, loader, device, settings, amp=False, *rest):
         seen["amp"] = amp
         raise _Stop
 
