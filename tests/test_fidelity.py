@@ -355,6 +355,7 @@ def _write_msvr310_junk_tree(root) -> None:
         put("bounding_box_test", f"{d:04d}_s{3 + d % 4:03d}_v{d % 2}_000.jpg", noise())
 
 
+@pytest.mark.slow
 def test_msvr310_is_evaluated_with_scene_junk_through_test_net(tmp_path):
     _write_msvr310_junk_tree(tmp_path / "data")
     opts = ["DATASETS.NAMES", "MSVR310", "DATASETS.ROOT_DIR", str(tmp_path / "data"), "MODEL.DEVICE", "cpu",
