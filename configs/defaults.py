@@ -96,6 +96,12 @@ _C.DATALOADER.SAMPLER = "softmax_triplet"  # softmax_triplet (P x K) | softmax (
 RULES["DATALOADER.SAMPLER"] = one_of("softmax_triplet", "softmax")
 _C.DATALOADER.NUM_INSTANCE = 16
 RULES["DATALOADER.NUM_INSTANCE"] = number(1, integer=True)
+# When an epoch of the P x K sampler ends. original: when fewer than P identities have chunks of K images left, as
+# the original code (the number of iterations varies per epoch); fixed: always sum_i max(n_i, K) // K // P
+# iterations, dealing a new round of chunks when needed. The shipped data-set configs say original (from
+# Base-TOP-ReID.yml); the default stays fixed so that configs and runs from before the key keep their batches.
+_C.DATALOADER.EPOCH_RULE = "fixed"
+RULES["DATALOADER.EPOCH_RULE"] = one_of("original", "fixed")
 _C.DATALOADER.NUM_WORKERS = 8
 RULES["DATALOADER.NUM_WORKERS"] = number(0, integer=True)
 # Decode and resize every training image once, before training, and keep them in memory (uint8 at INPUT.SIZE_TRAIN:
@@ -143,7 +149,7 @@ _C.SOLVER.LOG_PERIOD = 10
 RULES["SOLVER.LOG_PERIOD"] = number(1, integer=True)
 _C.SOLVER.EVAL_PERIOD = 1
 RULES["SOLVER.EVAL_PERIOD"] = number(0, integer=True)
-_C.SOLVER.AMP = True  # mixed precision on CUDA (on CPU only with SOLVER.AMP_CPU)
+_C.SOLVER.AMP = True  # mixed precision of training on CUDA (on CPU only with SOLVER.AMP_CPU); evaluation: TEST.AMP
 _C.SOLVER.AMP_DTYPE = "bf16"  # bf16 | fp16 (with a grad scaler)
 RULES["SOLVER.AMP_DTYPE"] = one_of("bf16", "fp16")
 _C.SOLVER.AMP_CPU = False  # autocast on CPU too (for testing the mixed-precision step without a GPU; slow)
@@ -164,6 +170,9 @@ _C.TEST.FEAT_NORM = True
 _C.TEST.MISS = "nothing"  # nothing | r | n | t | rn | rt | nt | all
 RULES["TEST.MISS"] = one_of(*MISS_SETTINGS, "all")
 _C.TEST.SAVE_FEATURES = False
+# Mixed precision (SOLVER.AMP_DTYPE) for test features on CUDA. The original extracts them in fp32 even when it
+# trains with AMP, so the default is False; SOLVER.AMP only concerns training.
+_C.TEST.AMP = False
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.OUTPUT_DIR = "./logs/run"

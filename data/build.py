@@ -41,11 +41,12 @@ class DataBundle:
 
 
 def build_train_sampler(cfg: CfgNode, records: list[Record], rank: int = 0, world_size: int = 1) -> TrainBatchSampler:
-    """The P x K identity sampler (``softmax_triplet``) or a plain shuffle (``softmax``)."""
+    """The P x K identity sampler (``softmax_triplet``, epochs ending by ``DATALOADER.EPOCH_RULE``) or a plain
+    shuffle (``softmax``)."""
     batch, seed = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.SEED
     if cfg.DATALOADER.SAMPLER == "softmax_triplet":
         return RandomIdentitySampler([r.pid for r in records], batch, cfg.DATALOADER.NUM_INSTANCE, seed, rank,
-                                     world_size)
+                                     world_size, cfg.DATALOADER.EPOCH_RULE)
     if cfg.DATALOADER.SAMPLER == "softmax":
         return RandomShuffleSampler(len(records), batch, seed, rank, world_size)
     raise ValueError(f"config key DATALOADER.SAMPLER = {cfg.DATALOADER.SAMPLER!r} is not one of: softmax_triplet, "
@@ -118,7 +119,8 @@ def build_dataloader(cfg: CfgNode, distributed: bool = False) -> DataBundle:
     train_loader = DataLoader(train_set, batch_sampler=sampler, generator=_generator(cfg.SOLVER.SEED), **options)
 
     test_loader = build_test_loader(cfg, dataset.query + dataset.gallery, spectra)
-    logger.info("train: %d batches of %d (%s sampler, seed %d%s), test: %d query + %d gallery, spectra %s, %d workers",
+    logger.info("train: %d batches of %d in epoch 0 (%s sampler, seed %d%s), test: %d query + %d gallery, spectra %s, "
+                "%d workers",
                 len(sampler), cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.SAMPLER, cfg.SOLVER.SEED,
                 ", images cached" if cache is not None else "", len(dataset.query), len(dataset.gallery),
                 ", ".join(spectra), workers)

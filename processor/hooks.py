@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from evaluation import evaluate_settings, format_table
-from processor.inference import extract_features, write_results
+from processor.inference import eval_amp, extract_features, write_results
 from utils import distributed as du
 from utils.checkpoint import save_checkpoint
 
@@ -128,7 +128,8 @@ class EvalHook(HookBase):
 
     def evaluate(self) -> dict[str, Any]:
         t = self.trainer
-        extracted = extract_features(t.model, t.data.test_loader, t.device, t.settings, t.amp, t.amp_dtype)
+        extracted = extract_features(t.model, t.data.test_loader, t.device, t.settings, eval_amp(t.cfg, t.device),
+                                     t.amp_dtype)
         if not t.main:
             return {}
         cfg = t.cfg

@@ -45,6 +45,12 @@ class ExtractedFeatures:
     seconds: float
 
 
+def eval_amp(cfg: CfgNode, device: torch.device) -> bool:
+    """Whether test features are computed under autocast: ``TEST.AMP`` on a CUDA device (``SOLVER.AMP`` is for
+    training only; the original evaluates in fp32)."""
+    return bool(cfg.TEST.AMP) and device.type == "cuda"
+
+
 def _autocast(device: torch.device, amp: bool, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype, enabled=amp)  # the callers decide for CPU (SOLVER.AMP_CPU)
 

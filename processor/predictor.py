@@ -17,7 +17,7 @@ from data.datasets import Record
 from data.datasets.base import record_key
 from modeling.checkpoint import model_from_checkpoint
 from modeling.compile import compile_blocks
-from processor.inference import ExtractedFeatures, batch_features, extract_features, missing_by_setting
+from processor.inference import ExtractedFeatures, batch_features, eval_amp, extract_features, missing_by_setting
 from utils.checkpoint import CheckpointError
 from utils.env import amp_dtype, resolve_device
 from utils.spectra import missing_spectra
@@ -26,9 +26,9 @@ logger = logging.getLogger(__name__)
 
 
 class Predictor:
-    """Features of a model in eval mode on ``device``; autocast in ``amp_dtype`` when ``amp`` and on CUDA (or
-    SOLVER.AMP_CPU); its transformer blocks compiled in place with ``compile`` (default MODEL.COMPILE).
-
+    """Features of a model in eval mode on ``device``; autocast in ``SOLVER.AMP_DTYPE`` on CUDA when ``amp`` (default:
+    ``TEST.AMP``; fp32 otherwise, as the original evaluates); its transformer blocks compiled in place with
+    ``compile`` (default MODEL.COMPILE).
     ``cfg`` supplies the test transform, batch size and workers of :meth:`record_features`."""
 
     def __init__(self, model: nn.Module, cfg: CfgNode, device: torch.device | None = None, amp: bool | None = None,
@@ -37,7 +37,7 @@ class Predictor:
         self.device = device or resolve_device(cfg.MODEL.DEVICE)
         self.model = getattr(model, "module", model).to(self.device).eval()
         self.cfg = cfg
-        self.amp = (cfg.SOLVER.AMP if amp is None else amp) and (self.device.type == "cuda" or cfg.SOLVER.AMP_CPU)
+        self.amp = eval_amp(cfg, self.device) if amp is None else amp and self.device.type == "cuda"
         if cfg.MODEL.COMPILE if compile is None else compile:
             compile_blocks(self.model)
         self.amp_dtype = amp_dtype(cfg.SOLVER.AMP_DTYPE)

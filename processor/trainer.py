@@ -109,7 +109,7 @@ class Trainer:
                     self.device.type if self.augment is not None else "the loader workers")
         self.settings = settings_for(cfg.TEST.MISS)
         self.max_epochs = cfg.SOLVER.MAX_EPOCHS
-        self.iters_per_epoch = len(self.data.train_loader)
+        self.iters_per_epoch = 0  # of the current epoch: set with the sampler's epoch (it may vary per epoch)
         self.start_epoch, self.start_iteration = 1, 0
         self.epoch, self.iteration, self.global_step = 0, 0, 0
         self.best = {"mAP": -1.0, "epoch": 0}
@@ -176,9 +176,13 @@ class Trainer:
                 self.writer.close()
 
     def sampler_epoch(self) -> None:
-        sampler = self.data.train_sampler
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch)
+        self.iters_per_epoch = self.epoch_length(self.epoch)
+
+    def epoch_length(self, epoch: int) -> int:
+        """Steps of ``epoch`` (known from the seed and the epoch before iterating; with ``DATALOADER.EPOCH_RULE
+        original`` it varies per epoch). Selects that epoch in the sampler."""
+        self.data.train_sampler.set_epoch(epoch)
+        return len(self.data.train_loader)
 
     def run_step(self, batch: dict[str, Any]) -> None:
         """One optimisation step; the loss terms stay on the device (``step_outputs``)."""
@@ -257,7 +261,7 @@ class Trainer:
         self.best = dict(state.get("best", self.best))
         self.global_step = int(state.get("global_step", 0))
         epoch, iteration = int(state["epoch"]), int(state["iteration"])
-        if iteration >= self.iters_per_epoch:
+        if iteration >= self.epoch_length(epoch):
             self.start_epoch, self.start_iteration = epoch + 1, 0
         else:
             self.start_epoch, self.start_iteration = epoch, iteration

@@ -22,11 +22,3 @@ def missing_spectra(setting: str) -> frozenset[str]:
         raise ValueError(f"unknown missing-spectrum setting {setting!r}; allowed: {', '.join(MISS_SETTINGS)}")
     return frozenset(LETTERS[letter] for letter in setting)
 
-
-def setting_name(missing: frozenset[str] | set[str]) -> str:
-    """Inverse of :func:`missing_spectra`."""
-    unknown = set(missing) - set(SPECTRA)
-    if unknown:
-        raise ValueError(f"unknown spectra {sorted(unknown)}; known: {', '.join(SPECTRA)}")
-    letters = "".join(letter for letter, name in LETTERS.items() if name in missing)
-    return letters or "nothing"
