@@ -9,8 +9,8 @@ plus the number of kept items before it. Items farther than the query's farthest
 each row is first cut down to the items not farther than it (one comparison per item); only those are sorted, and
 the matches' distances are located in them by binary search. With a good model that is a small part of the row; at
 worst (a match at the very end) it is the whole row; what is left is sorted (see benchmarks/RESULTS.md for why not
-binned). The rows of a chunk are split among threads (numpy releases the GIL in these loops). Labels are never gathered for the
-whole row: a query's matches and junk are looked up among the gallery items of its pid.
+binned). The rows of a chunk are split among threads (numpy releases the GIL in these loops). Labels are never
+gathered for the whole row: a query's matches and junk are looked up among the gallery items of its pid.
 
 Ties are broken by gallery index (a stable order): an item at the same distance as a match comes before it when its
 gallery index is smaller. The original code uses numpy's unstable argsort, so its order among exactly equal
