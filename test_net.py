@@ -1,8 +1,10 @@
 """Evaluate a checkpoint: ``python test_net.py --config_file CFG TEST.WEIGHT path.pth [TEST.MISS all] [KEY VALUE ...]``.
 
 ``TEST.WEIGHT`` may be a checkpoint of this project or one trained by the original TOP-ReID code. ``TEST.MISS all``
-evaluates the seven missing-spectrum settings in one pass over the test set and prints the paper's table. Results go
-to ``OUTPUT_DIR/results.json`` (and ``features.npz`` with ``TEST.SAVE_FEATURES True``).
+evaluates the seven missing-spectrum settings in one pass over the test set and prints the paper's table.
+``TEST.CROSS all`` (or ``'RGB->TI, RGB+NI->TI'``) adds the cross-spectral pairs to the same pass and prints the query
+x gallery mAP matrix. Results go to ``OUTPUT_DIR/results.json`` (and ``features.npz`` with
+``TEST.SAVE_FEATURES True``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ def run(cfg) -> dict:
     import numpy as np
 
     from data.build import build_query_gallery
-    from evaluation import evaluate_settings, format_table
-    from processor.inference import settings_for, write_results
+    from evaluation import evaluate_cross, evaluate_settings, format_cross_matrix, format_table
+    from processor.inference import cross_pairs, extraction_settings, settings_for, write_results
     from processor.predictor import Predictor
     from utils.env import device_description, git_commit, versions
     from utils.io import write_npz
@@ -38,17 +40,25 @@ def run(cfg) -> dict:
     setup_logger(None)
     settings = settings_for(cfg.TEST.MISS)
     predictor = Predictor.from_config(cfg)  # fails before anything is written
+    pairs = cross_pairs(cfg.TEST.CROSS, predictor.model)  # so does a pair this model cannot evaluate
     split = build_query_gallery(cfg)
     # Only now that the weights fit is anything written.
     setup_logger(cfg.OUTPUT_DIR, 0, "test_log.txt")
     logger.info("versions %s, device %s, commit %s", versions(), device_description(predictor.device), git_commit())
     logger.info("evaluating %s on %s, settings: %s", cfg.TEST.WEIGHT, cfg.DATASETS.NAMES, ", ".join(settings))
-    extracted = predictor.extract(predictor.loader(split.records), settings)
-    results = evaluate_settings(extracted, split.num_query, split.junk_key, cfg.TEST.FEAT_NORM, cfg.TEST.RE_RANKING)
-    logger.info("features of %d images x %d settings in %.1f s\n%s", len(extracted.pids), len(settings),
+    extracted = predictor.extract(predictor.loader(split.records), extraction_settings(settings, pairs))
+    results = evaluate_settings(extracted, split.num_query, split.junk_key, cfg.TEST.FEAT_NORM, cfg.TEST.RE_RANKING,
+                                settings)
+    logger.info("features of %d images x %d settings in %.1f s\n%s", len(extracted.pids), len(extracted.feats),
                 extracted.seconds, format_table(results))
+    cross = {}
+    if pairs:
+        cross = evaluate_cross(extracted, split.num_query, split.junk_key, pairs, cfg.TEST.FEAT_NORM,
+                               cfg.TEST.RE_RANKING)
+        logger.info("cross-spectral evaluation (query side -> gallery side):\n%s\n%s", format_table(cross),
+                    format_cross_matrix(cross, pairs, results))
     write_results(os.path.join(cfg.OUTPUT_DIR, "results.json"), results, cfg, cfg.TEST.WEIGHT, predictor.epoch,
-                  predictor.device)
+                  predictor.device, cross)
     if cfg.TEST.SAVE_FEATURES:
         arrays = {f"feat_{s}": f.numpy() for s, f in extracted.feats.items()}
         write_npz(os.path.join(cfg.OUTPUT_DIR, "features.npz"), names=np.array(extracted.names), pids=extracted.pids,

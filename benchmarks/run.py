@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/run.py --only input train   # some sections; prints, writes only with --output
 
 Sections: (1) metrics, see benchmarks/bench_metrics.py; (2) the missing-spectral table: `TEST.MISS all` in one pass
-against the full-spectrum evaluation alone, and a single missing setting; (3) the train step (eager, activation
+against the full-spectrum evaluation alone, and a single missing setting; the cross-spectral table: `TEST.CROSS all`
+(six pairs, one pass) against one full-spectrum evaluation; (3) the train step (eager, activation
 checkpointing: time and peak memory in a fresh process); (4) the input pipeline: images/s of one worker, decoding
 per sample and with DATALOADER.CACHE_IMAGES, against a plain per-spectrum PIL + torchvision pipeline, on RGBNT201
 (three files) and RGBNT100 (one stitched file) layouts, with camera-like pictures and with uniform noise (the
@@ -82,6 +83,42 @@ def bench_missing_table(backbone: str, size: tuple[int, int], batch: int, batche
     full, all_settings, single = timed(["nothing"]), timed(list(MISS_SETTINGS)), timed(["r"])
     return {"backbone": backbone, "size": list(size), "images": batch * batches, "full_s": full, "all_s": all_settings,
             "all_over_full": all_settings / full, "single_r_s": single, "single_over_full": single / full}
+
+
+def bench_cross_table(backbone: str, size: tuple[int, int], batch: int, batches: int, repeats: int) -> dict:
+    """The whole `TEST.CROSS all` table (one pass over the three single-spectrum sides, then the six pairs scored)
+    against one full-spectrum evaluation (extraction + metrics), as test_net runs them. Batch b has cameras b % 4,
+    so an identity is seen by other cameras in the other batches; the first batch is the query."""
+    from evaluation import evaluate_cross, evaluate_settings
+    from modeling import build_model
+    from processor.inference import extract_features, extraction_settings
+    from utils.spectra import parse_cross
+
+    torch.manual_seed(0)
+    model = build_model(_cfg(backbone, size), num_classes=171, camera_num=4).eval()
+    images = _images(batch, size)
+    loader = _Loader({"images": images, "camid": torch.full((batch,), b % 4), "pid": torch.arange(batch) // 2,
+                      "sceneid": torch.full((batch,), -1), "name": [f"{b}_{i}" for i in range(batch)]}
+                     for b in range(batches))
+    pairs = parse_cross("all")
+    cpu = torch.device("cpu")
+
+    def full() -> None:
+        evaluate_settings(extract_features(model, loader, cpu, ["nothing"]), batch, "camid")
+
+    def cross() -> None:
+        evaluate_cross(extract_features(model, loader, cpu, extraction_settings([], pairs)), batch, "camid", pairs)
+
+    full()  # warm-up
+    best = {full: float("inf"), cross: float("inf")}
+    for _ in range(repeats):  # alternated, so that a change in the machine's load hits both alike
+        for fn in best:
+            start = time.perf_counter()
+            fn()
+            best[fn] = min(best[fn], time.perf_counter() - start)
+    full_s, cross_s = best[full], best[cross]
+    return {"backbone": backbone, "size": list(size), "images": batch * batches, "pairs": len(pairs),
+            "full_s": full_s, "cross_s": cross_s, "cross_over_full": cross_s / full_s}
 
 
 _STEP_CHILD = r"""
@@ -249,7 +286,7 @@ def bench_input_pipeline(n: int, repeats: int) -> dict:
     return results
 
 
-SECTIONS = ("metrics", "missing", "train", "input", "loader", "cuda", "epoch", "eval")
+SECTIONS = ("metrics", "missing", "cross", "train", "input", "loader", "cuda", "epoch", "eval")
 GPU_SECTIONS = ("cuda", "epoch", "eval")  # measured only on a GPU, or with --smoke (tiny sizes, any device)
 
 
@@ -291,6 +328,13 @@ def main() -> None:
                      f"{m['all_s']:.2f} s = {m['all_over_full']:.2f}x (target <= 1.5x: "
                      f"{'met' if m['all_over_full'] <= 1.5 else 'NOT met'}); single '-RGB' {m['single_r_s']:.2f} s = "
                      f"{m['single_over_full']:.2f}x (target < 1: {'met' if m['single_over_full'] < 1 else 'NOT met'})")
+    if "cross" in sections:
+        c = results["cross_table"] = bench_cross_table("vit_base_patch16_224", (256, 128), 4 if q else 8,
+                                                       2 if q else 3, 1 if q else 3)
+        lines.append(f"cross table ({c['backbone']}, {c['images']} images): full-spectrum evaluation "
+                     f"{c['full_s']:.2f} s, `TEST.CROSS all` ({c['pairs']} pairs) {c['cross_s']:.2f} s = "
+                     f"{c['cross_over_full']:.2f}x (target <= 1.5x: "
+                     f"{'met' if c['cross_over_full'] <= 1.5 else 'NOT met'})")
     if "train" in sections:
         t = results["train_step"] = bench_train_step("vit_base_patch16_224", (256, 128), 4 if q else 8, 1 if q else 3)
         lines.append(f"train step ({t['backbone']}, batch {t['batch']}, CPU fp32): eager {t['eager']['step_s']:.2f} s "

@@ -17,8 +17,9 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from configs.compat import REMOVED_KEYS
-from configs.defaults import RULES, get_cfg_defaults
+from configs.defaults import LIST_STRINGS, RULES, get_cfg_defaults
 from utils.errors import ConfigError
+from utils.spectra import cross_refusal, parse_cross
 
 logger = logging.getLogger("configs")
 
@@ -69,6 +70,8 @@ def _merge_tree(cfg: CN, node: dict, ignored: list[str], prefix: str = "") -> No
             continue
         if isinstance(value, str) and not isinstance(default, str):
             value = CN._decode_cfg_value(value)
+        if key in LIST_STRINGS and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            value = ", ".join(value)
         value = _coerce(key, value, default)
         if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
             value = type(default)(value)
@@ -163,9 +166,31 @@ def validate(cfg: CN) -> None:
     if cfg.DATALOADER.SAMPLER == "softmax_triplet" and cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
         raise ConfigError(f"config key SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} must be divisible by "
                           f"DATALOADER.NUM_INSTANCE = {cfg.DATALOADER.NUM_INSTANCE}")
+    _validate_cross(cfg)
     if len(cfg.MODEL.SPECTRA) == 1 and not cfg.MODEL.BASE:
         raise ConfigError(f"config key MODEL.SPECTRA = {list(cfg.MODEL.SPECTRA)} holds one spectrum; TPM and CRM need "
                           "two or more, so set MODEL.BASE True for a single-spectrum baseline")
+
+
+def _validate_cross(cfg: CN) -> None:
+    """`TEST.CROSS` against the model: its spectra among MODEL.SPECTRA, and a model without CRM refused for a pair
+    of disjoint sides (see :func:`utils.spectra.cross_refusal`)."""
+    if not cfg.TEST.CROSS:
+        return
+    spectra = list(cfg.MODEL.SPECTRA)
+    try:
+        pairs = parse_cross(cfg.TEST.CROSS, spectra)
+    except ValueError as err:
+        raise ConfigError(f"config key TEST.CROSS = {cfg.TEST.CROSS!r} with MODEL.SPECTRA = {spectra}: {err}") from None
+    if not pairs:
+        raise ConfigError(f"config key TEST.CROSS = {cfg.TEST.CROSS!r}: MODEL.SPECTRA = {spectra} has no two spectra "
+                          "to pair")
+    has_crm = cfg.MODEL.RE and not cfg.MODEL.BASE
+    for pair in pairs:
+        problem = cross_refusal(pair, has_crm)
+        if problem:
+            raise ConfigError(f"config key TEST.CROSS = {cfg.TEST.CROSS!r}: {problem} (MODEL.RE = {cfg.MODEL.RE}, "
+                              f"MODEL.BASE = {cfg.MODEL.BASE})")
 
 
 def load_config(config_file: str | None = None, opts: Sequence[str] = (), freeze: bool = True) -> CN:

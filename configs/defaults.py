@@ -9,11 +9,13 @@ otherwise what is wrong with it (see :mod:`configs.rules`); :func:`configs.confi
 
 from yacs.config import CfgNode as CN
 
-from configs.rules import Rule, backbone, dataset, device, number, one_of, pair, spectra, triple
+from configs.rules import Rule, backbone, cross, dataset, device, number, one_of, pair, spectra, triple
 from utils.spectra import MISS_SETTINGS
 
 _C = CN()
 RULES: dict[str, Rule] = {}
+# String keys that may also be written as a YAML list of strings; the list is stored joined with ", ".
+LIST_STRINGS: set[str] = set()
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.MODEL = CN()
@@ -169,6 +171,12 @@ RULES["TEST.NECK_FEAT"] = one_of("before", "after")
 _C.TEST.FEAT_NORM = True
 _C.TEST.MISS = "nothing"  # nothing | r | n | t | rn | rt | nt | all
 RULES["TEST.MISS"] = one_of(*MISS_SETTINGS, "all")
+# Cross-spectral evaluation: query features from the query-side spectra only, gallery features from the gallery side
+# only (CRM reconstructs the others on each side). "" = off; "all" = every ordered pair of distinct single spectra of
+# MODEL.SPECTRA; or pairs QUERY->GALLERY ("RGB->TI, RGB+NI->TI"), comma/space separated or a YAML list.
+_C.TEST.CROSS = ""
+RULES["TEST.CROSS"] = cross
+LIST_STRINGS.add("TEST.CROSS")
 _C.TEST.SAVE_FEATURES = False
 # Mixed precision (SOLVER.AMP_DTYPE) for test features on CUDA. The original extracts them in fp32 even when it
 # trains with AMP, so the default is False; SOLVER.AMP only concerns training.

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from utils.spectra import SPECTRA
+from utils.spectra import SPECTRA, parse_cross
 
 Rule = Callable[[Any], str | None]
 
@@ -92,3 +92,14 @@ def dataset(v: Any) -> str | None:
     from data.datasets import dataset_names
 
     return None if v in dataset_names() else f"is not one of: {', '.join(dataset_names())}"
+
+
+def cross(v: Any) -> str | None:
+    """`TEST.CROSS`: "" (off), "all", or QUERY->GALLERY pairs; spectra against MODEL.SPECTRA in validate()."""
+    if not isinstance(v, str):
+        return "must be a string such as 'RGB->TI, RGB+NI->TI' or 'all'"
+    try:
+        parse_cross(v)
+    except ValueError as err:
+        return f"is not valid: {err}"
+    return None

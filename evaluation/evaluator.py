@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from evaluation.rank import ArrayLike, _as_features, _to_numpy, evaluate_features, evaluate_rank
 from evaluation.reranking import re_ranking
+from utils.spectra import SPECTRA, CrossPair, side_name
 
 
 class ReIDEvaluator:
@@ -82,17 +83,69 @@ class SettingFeatures(Protocol):
     def sceneids(self) -> np.ndarray: ...
 
 
+SUMMARY = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
+
+
+def _summary(feats: torch.Tensor, pids: np.ndarray, groups: np.ndarray, num_query: int, feat_norm: bool,
+             rerank: bool) -> dict[str, float]:
+    evaluator = ReIDEvaluator(num_query, feat_norm=feat_norm, rerank=rerank)
+    evaluator.process(feats, pids, groups)
+    metrics = evaluator.compute()
+    return {k: float(metrics[k]) for k in SUMMARY}
+
+
 def evaluate_settings(extracted: SettingFeatures, num_query: int, junk_key: str, feat_norm: bool = True,
-                      rerank: bool = False) -> dict[str, dict[str, float]]:
-    """mAP / Rank-k / mINP per setting. ``junk_key`` is "camid" or "sceneid" (the data set's junk rule)."""
+                      rerank: bool = False, settings: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """mAP / Rank-k / mINP per setting (``settings``, default every setting extracted). ``junk_key`` is "camid" or
+    "sceneid" (the data set's junk rule)."""
+    groups = extracted.camids if junk_key == "camid" else extracted.sceneids
+    names = list(extracted.feats) if settings is None else list(settings)
+    return {s: _summary(extracted.feats[s], extracted.pids, groups, num_query, feat_norm, rerank) for s in names}
+
+
+def evaluate_cross(extracted: SettingFeatures, num_query: int, junk_key: str, pairs: Sequence[CrossPair],
+                   feat_norm: bool = True, rerank: bool = False) -> dict[str, dict[str, float]]:
+    """mAP / Rank-k / mINP per cross-spectral pair (``"RGB->TI"``): the query rows (the first ``num_query``) of the
+    features of the pair's query-side setting against the gallery rows of its gallery-side setting; the same junk
+    rule and metrics as :func:`evaluate_settings`. ``extracted.feats`` must hold both sides' settings."""
     groups = extracted.camids if junk_key == "camid" else extracted.sceneids
     results = {}
-    for setting, feats in extracted.feats.items():
-        evaluator = ReIDEvaluator(num_query, feat_norm=feat_norm, rerank=rerank)
-        evaluator.process(feats, extracted.pids, groups)
-        metrics = evaluator.compute()
-        results[setting] = {k: float(metrics[k]) for k in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")}
+    for pair in pairs:
+        absent = [s for s in (pair.query_setting, pair.gallery_setting) if s not in extracted.feats]
+        if absent:
+            raise ValueError(f"cross-spectral pair {pair.name}: no features of setting(s) {absent} were extracted")
+        feats = torch.cat([extracted.feats[pair.query_setting][:num_query],
+                           extracted.feats[pair.gallery_setting][num_query:]])
+        results[pair.name] = _summary(feats, extracted.pids, groups, num_query, feat_norm, rerank)
     return results
+
+
+def format_cross_matrix(cross: Mapping[str, Mapping[str, float]], pairs: Sequence[CrossPair],
+                        settings: Mapping[str, Mapping[str, float]] | None = None, metric: str = "mAP") -> str:
+    """Query side x gallery side matrix of ``metric`` (percent): rows are query sides, columns gallery sides (single
+    spectra first, in spectrum order). A
+    diagonal cell (the same spectra on both sides) shows that missing-spectrum setting's result when ``settings``
+    holds it; cells not evaluated show "-"."""
+    def order(sides: set[tuple[str, ...]]) -> list[str]:  # single spectra first, each group in spectrum order
+        return [side_name(s) for s in sorted(sides, key=lambda s: (len(s), [SPECTRA.index(x) for x in s]))]
+
+    rows, cols = order({p.query for p in pairs}), order({p.gallery for p in pairs})
+    cell: dict[tuple[str, str], float] = {(side_name(p.query), side_name(p.gallery)): cross[p.name][metric]
+                                          for p in pairs if p.name in cross}
+    for p in pairs:
+        for side, setting in ((p.query, p.query_setting), (p.gallery, p.gallery_setting)):
+            name = side_name(side)
+            if name in rows and name in cols and settings and setting in settings:
+                cell.setdefault((name, name), settings[setting][metric])
+    corner = "query \\ gallery"
+    first = max(len(corner), *(len(r) for r in rows)) + 2
+    width = max(8, *(len(c) + 2 for c in cols))
+    lines = [f"{metric} (%), query spectra (rows) x gallery spectra (columns)",
+             f"{corner:<{first}}" + "".join(f"{c:>{width}}" for c in cols)]
+    for r in rows:
+        values = [f"{100 * cell[(r, c)]:.1f}" if (r, c) in cell else "-" for c in cols]
+        lines.append(f"{r:<{first}}" + "".join(f"{v:>{width}}" for v in values))
+    return "\n".join(lines)
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:

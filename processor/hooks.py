@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from evaluation import evaluate_settings, format_table
-from processor.inference import eval_amp, extract_features, write_results
+from evaluation import evaluate_cross, evaluate_settings, format_cross_matrix, format_table
+from processor.inference import cross_pairs, eval_amp, extract_features, extraction_settings, write_results
 from utils import distributed as du
 from utils.checkpoint import save_checkpoint
 
@@ -115,8 +115,9 @@ class MetricLogger(HookBase):
 
 
 class EvalHook(HookBase):
-    """Evaluates the configured settings every ``period`` epochs and after the last; rank 0 writes results.json
-    and keeps ``best.pth`` (selected on the test set, as these data sets have no validation split)."""
+    """Evaluates the configured settings (and the `TEST.CROSS` pairs, in the same pass) every ``period`` epochs and
+    after the last; rank 0 writes results.json and keeps ``best.pth`` (selected on the first `TEST.MISS` setting, on
+    the test set, as these data sets have no validation split). The cross results are ``trainer.cross_results``."""
 
     def __init__(self, period: int) -> None:
         self.period = period
@@ -128,18 +129,30 @@ class EvalHook(HookBase):
 
     def evaluate(self) -> dict[str, Any]:
         t = self.trainer
-        extracted = extract_features(t.model, t.data.test_loader, t.device, t.settings, eval_amp(t.cfg, t.device),
-                                     t.amp_dtype)
+        cfg = t.cfg
+        pairs = cross_pairs(cfg.TEST.CROSS, t.model)
+        extracted = extract_features(t.model, t.data.test_loader, t.device, extraction_settings(t.settings, pairs),
+                                     eval_amp(cfg, t.device), t.amp_dtype)
         if not t.main:
             return {}
-        cfg = t.cfg
         results = evaluate_settings(extracted, t.data.num_query, t.data.dataset.junk_key, cfg.TEST.FEAT_NORM,
-                                    cfg.TEST.RE_RANKING)
+                                    cfg.TEST.RE_RANKING, t.settings)
         logger.info("evaluation at epoch %d (%.1f s):\n%s", t.epoch, extracted.seconds, format_table(results))
+        cross = {}
+        if pairs:
+            cross = evaluate_cross(extracted, t.data.num_query, t.data.dataset.junk_key, pairs, cfg.TEST.FEAT_NORM,
+                                   cfg.TEST.RE_RANKING)
+            logger.info("cross-spectral evaluation at epoch %d:\n%s", t.epoch,
+                        format_cross_matrix(cross, pairs, results))
+        t.cross_results = cross
         if t.writer is not None:
             for setting, m in results.items():
                 t.writer.add_scalar(f"eval/{setting}/mAP", m["mAP"], t.epoch)
                 t.writer.add_scalar(f"eval/{setting}/Rank-1", m["Rank-1"], t.epoch)
+            for name, m in cross.items():  # "RGB+NI->TI" -> eval_cross/RGB+NI_to_TI/mAP (out of the eval/ curves)
+                tag = name.replace("->", "_to_")
+                t.writer.add_scalar(f"eval_cross/{tag}/mAP", m["mAP"], t.epoch)
+                t.writer.add_scalar(f"eval_cross/{tag}/Rank-1", m["Rank-1"], t.epoch)
         primary = results[t.settings[0]]
         if primary["mAP"] > t.best["mAP"]:
             t.best = {"mAP": primary["mAP"], "epoch": t.epoch}
@@ -147,7 +160,7 @@ class EvalHook(HookBase):
             logger.info("new best mAP %.1f%% at epoch %d -> best.pth (selected on the test set)",
                         100 * primary["mAP"], t.epoch)
         write_results(os.path.join(t.output_dir, "results.json"), results, cfg,
-                      os.path.join(t.output_dir, "last.pth"), t.epoch, t.device)
+                      os.path.join(t.output_dir, "last.pth"), t.epoch, t.device, cross)
         return results
 
     def after_train(self) -> None:

@@ -3,6 +3,11 @@ scores them).
 
 Each batch's backbones run once; CRM completion, TPM and the neck then run per setting on those tokens. A setting
 that removes spectra never runs their backbones; with a single setting only the available backbones run.
+
+A cross-spectral pair (`TEST.CROSS`, ``utils.spectra.CrossPair``) is two such settings: the one that keeps its query
+spectra and the one that keeps its gallery spectra. They join the settings of the same pass
+(:func:`extraction_settings`), so every backbone still runs once per batch and each CRM reconstruction is shared;
+``evaluation.evaluate_cross`` then scores the query rows of one against the gallery rows of the other.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from yacs.config import CfgNode
 from utils import distributed as du
 from utils.env import device_description, git_commit, versions
 from utils.io import write_json
-from utils.spectra import MISS_SETTINGS, missing_spectra
+from utils.spectra import MISS_SETTINGS, CrossPair, cross_refusal, cross_sides, missing_spectra, parse_cross
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,33 @@ def settings_for(miss: str) -> list[str]:
         return list(MISS_SETTINGS)
     missing_spectra(miss)  # raises on an unknown setting
     return [miss]
+
+
+def cross_pairs(cross: str | Sequence[str], model: nn.Module | None = None) -> list[CrossPair]:
+    """`TEST.CROSS` value -> its pairs ([] when off). With ``model``: spectra outside ``model.spectra`` and, for a
+    model without CRM, pairs of disjoint sides are errors (see :func:`utils.spectra.cross_refusal`)."""
+    if not cross:
+        return []
+    if model is None:
+        return parse_cross(cross)
+    model = getattr(model, "module", model)
+    try:
+        pairs = parse_cross(cross, model.spectra)
+    except ValueError as err:
+        raise ValueError(f"TEST.CROSS = {cross!r} for a model of spectra {list(model.spectra)}: {err}") from None
+    for pair in pairs:
+        problem = cross_refusal(pair, has_crm=getattr(model, "crm", None) is not None)
+        if problem:
+            raise ValueError(f"TEST.CROSS: {problem}")
+    return pairs
+
+
+def extraction_settings(settings: Sequence[str], pairs: Sequence[CrossPair] = ()) -> list[str]:
+    """The settings one pass extracts: ``settings`` (the `TEST.MISS` ones, first, in order), then each cross side's
+    setting not among them."""
+    out = list(settings)
+    out += [s for s in cross_sides(list(pairs)) if s not in out]
+    return out
 
 
 @dataclass
@@ -145,8 +177,13 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
 
 
 def write_results(path: str, results: dict[str, dict[str, float]], cfg: CfgNode, checkpoint: str, epoch: int | None,
-                  device: torch.device) -> None:
-    """``results.json``: metrics per setting with what produced them (checkpoint, epoch, config, commit, versions,
-    device)."""
-    write_json(path, {"settings": results, "checkpoint": checkpoint, "epoch": epoch, "config": cfg.dump(),
-                      "commit": git_commit(), "versions": versions(), "device": device_description(device)})
+                  device: torch.device, cross: dict[str, dict[str, float]] | None = None) -> None:
+    """``results.json``: metrics per setting (``"settings"``) and, when given, per cross-spectral pair
+    (``"cross"``: ``{"RGB->TI": {"mAP", "Rank-1", ...}}``), with what produced them (checkpoint, epoch, config,
+    commit, versions, device)."""
+    obj: dict = {"settings": results}
+    if cross:
+        obj["cross"] = cross
+    obj.update({"checkpoint": checkpoint, "epoch": epoch, "config": cfg.dump(), "commit": git_commit(),
+                "versions": versions(), "device": device_description(device)})
+    write_json(path, obj)

@@ -69,7 +69,8 @@ class Trainer:
     """Builds everything from the config and trains; ``train()`` returns the last evaluation's results.
 
     State the hooks read: ``epoch``, ``iteration`` (steps done in this epoch), ``global_step``, ``step_outputs``
-    (the last step's loss terms, on the device), ``step_samples``, ``history``, ``best``, ``results``."""
+    (the last step's loss terms, on the device), ``step_samples``, ``history``, ``best``, ``results``,
+    ``cross_results``."""
 
     def __init__(self, cfg: CfgNode, resume: bool = False) -> None:
         self.cfg = cfg
@@ -114,6 +115,7 @@ class Trainer:
         self.epoch, self.iteration, self.global_step = 0, 0, 0
         self.best = {"mAP": -1.0, "epoch": 0}
         self.results: dict[str, Any] = {}
+        self.cross_results: dict[str, Any] = {}  # per TEST.CROSS pair, from the last evaluation
         self.history: list[dict[str, Any]] = []  # one entry per log window: epoch, iteration, mean of each term
         self.step_outputs: dict[str, torch.Tensor] = {}
         self.step_samples = 0

@@ -1,12 +1,14 @@
 """Plots of results: mAP and Rank-1 over the missing-spectrum settings for one or more runs side by side, and the
-training curves of a run from its TensorBoard log.
+training curves of a run from its TensorBoard log, and the cross-spectral mAP matrix of a results file that has one.
 
     python tools/plot_results.py --results logs/a/results.json logs/b/results.json [--labels A B] \\
         [--tb logs/a] [--out DIR]
 
 ``--results`` files are the ``results.json`` of ``test_net.py`` or ``train_net.py`` (``{"settings": {setting:
 {"mAP", "Rank-1", ...}}, ...}``); the bar chart (``results_bars.png``, 1200x500 pixels) shows the seven settings in
-the paper's order, those a file lacks left empty. ``--tb`` is a run's OUTPUT_DIR (or its ``tb/`` folder); its curves
+the paper's order, those a file lacks left empty. A file with a ``"cross"`` section (``TEST.CROSS``) also gets a heat
+map of its mAP, query spectra in rows and gallery spectra in columns (``cross_<label>.png``; the diagonal holds the
+single-spectrum setting when the file has it). ``--tb`` is a run's OUTPUT_DIR (or its ``tb/`` folder); its curves
 (``training_curves.png``, 1200x800 pixels) show the training loss and its terms per iteration, the learning rate
 and the evaluation's mAP and Rank-1 per setting per epoch. Pictures go to ``--out`` (default ``OUTPUT_DIR`` of the
 config, set with ``--config_file`` or ``OUTPUT_DIR dir``).
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from tools.common import ToolError, parse_tool_args, run_tool, tool_config, tool_parser  # noqa: E402
-from utils.spectra import MISS_SETTINGS  # noqa: E402
+from utils.spectra import MISS_SETTINGS, SPECTRA, parse_cross, side_setting  # noqa: E402
 
 logger = logging.getLogger("tools.plot_results")
 
@@ -37,6 +39,7 @@ METRICS = ("mAP", "Rank-1")
 DPI = 100
 BARS_SIZE = (1200, 500)
 CURVES_SIZE = (1200, 800)
+CROSS_SIZE = (600, 500)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,6 +71,69 @@ def read_results(path: str) -> dict[str, dict[str, float]]:
         if not isinstance(metrics, dict) or not all(isinstance(metrics.get(m), (int, float)) for m in METRICS):
             raise ToolError(f"{path}: setting {setting!r} lacks numeric {' and '.join(METRICS)}")
     return settings
+
+
+def read_cross(path: str) -> dict[str, dict[str, float]]:
+    """The ``"cross"`` section of a results.json ({} when it has none); pairs or metrics that do not parse are an
+    error naming the file."""
+    with open(path) as f:
+        obj = json.load(f)
+    cross = obj.get("cross") or {}
+    if not isinstance(cross, dict):
+        raise ToolError(f"{path}: \"cross\" is not a mapping of pairs such as \"RGB->TI\"")
+    for name, metrics in cross.items():
+        try:
+            parse_cross(name)
+        except ValueError as err:
+            raise ToolError(f"{path}: \"cross\" entry {name!r}: {err}") from None
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("mAP"), (int, float)):
+            raise ToolError(f"{path}: \"cross\" entry {name!r} lacks a numeric mAP")
+    return cross
+
+
+def cross_matrix(cross: Mapping[str, Mapping[str, float]], settings: Mapping[str, Mapping[str, float]]
+                 ) -> tuple[list[str], list[str], np.ndarray]:
+    """(query sides, gallery sides, mAP in percent [rows, cols], NaN where not evaluated); a diagonal cell takes the
+    setting that keeps that side when ``settings`` has it."""
+    pairs = [p for name in cross for p in parse_cross(name)]
+
+    def order(sides: set) -> list[tuple[str, ...]]:
+        return sorted(sides, key=lambda s: (len(s), [SPECTRA.index(x) for x in s]))
+
+    rows, cols = order({p.query for p in pairs}), order({p.gallery for p in pairs})
+    values = np.full((len(rows), len(cols)), np.nan)
+    for p in pairs:
+        values[rows.index(p.query), cols.index(p.gallery)] = 100 * cross[p.name]["mAP"]
+    for i, side in enumerate(rows):
+        if side in cols and side_setting(side) in settings:
+            values[i, cols.index(side)] = 100 * settings[side_setting(side)]["mAP"]
+    return ["+".join(r) for r in rows], ["+".join(c) for c in cols], values
+
+
+def plot_cross(cross: Mapping[str, Mapping[str, float]], settings: Mapping[str, Mapping[str, float]], title: str,
+               path: str) -> None:
+    """Heat map of the cross-spectral mAP: query spectra in rows, gallery spectra in columns, values written in."""
+    plt = _pyplot()
+    rows, cols, values = cross_matrix(cross, settings)
+    fig, ax = plt.subplots(figsize=(CROSS_SIZE[0] / DPI, CROSS_SIZE[1] / DPI), dpi=DPI)
+    try:
+        image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100)
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                v = values[i, j]
+                ax.text(j, i, "-" if np.isnan(v) else f"{v:.1f}", ha="center", va="center", fontsize=10,
+                        color="white" if np.isnan(v) or v < 60 else "black")
+        ax.set_xticks(range(len(cols)), cols)
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set_xlabel("gallery spectra")
+        ax.set_ylabel("query spectra")
+        ax.set_title(title, fontsize=10)
+        fig.colorbar(image, ax=ax, label="mAP (%)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)
+    logger.info("wrote %s", path)
 
 
 def default_labels(paths: Sequence[str]) -> list[str]:
@@ -191,6 +257,12 @@ def run(args: argparse.Namespace) -> list[str]:
     if runs:
         written.append(os.path.join(out, "results_bars.png"))
         plot_bars(runs, written[-1])
+    for (label, settings), path in zip(runs.items(), args.results):
+        cross = read_cross(path)
+        if cross:
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+            written.append(os.path.join(out, f"cross_{safe}.png"))
+            plot_cross(cross, settings, f"cross-spectral mAP (%), {label}", written[-1])
     if scalars is not None:
         written.append(os.path.join(out, "training_curves.png"))
         plot_curves(scalars, f"training of {os.path.normpath(args.tb)}", written[-1])
