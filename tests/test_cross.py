@@ -12,12 +12,8 @@ import torch
 from configs import ConfigError, load_config
 from evaluation import evaluate_cross, evaluate_features, format_cross_matrix
 from processor.inference import cross_pairs, extract_features, extraction_settings
+from tests.helpers import assert_not_blank, read_png, tiny_opts
 from utils.spectra import CrossPair, parse_cross
-
-try:
-    from tests.helpers import tiny_opts
-except ImportError:
-    from tests.conftest import tiny_opts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,8 +129,8 @@ def test_cross_table_equals_explicit_per_side_features(trained_run):
 
 
 @pytest.mark.slow
-def test_test_net_cross_all_prints_matrix_and_writes_section(trained_run, demo_root, tmp_path):
-    out, _, _ = trained_run
+def test_test_net_cross_all_prints_matrix_and_writes_section(vit_tiny_run, demo_root, tmp_path):
+    out, _, _ = vit_tiny_run  # test_net.py runs in a subprocess, which does not know the in-process toy backbone
     opts = tiny_opts(demo_root, str(tmp_path), **{"TEST.WEIGHT": str(out / "best.pth"), "TEST.CROSS": "all"})
     proc = subprocess.run([sys.executable, "test_net.py", *opts], cwd=REPO, capture_output=True, text=True,
                           timeout=600)
@@ -175,7 +171,6 @@ def test_training_evaluation_includes_cross(demo_root, tmp_path):
 
 
 def test_plot_results_draws_the_cross_heat_map(tmp_path):
-    from tests.test_tools_common import assert_not_blank, read_png
     from tools import plot_results
 
     cross = {p.name: {"mAP": 0.1 * (k + 1), "Rank-1": 0.5} for k, p in enumerate(parse_cross("all"))}

@@ -20,12 +20,7 @@ from modeling.compile import compile_blocks, is_compiled, transformer_blocks
 from processor.hooks import EvalHook, HookBase, StopOnSignal
 from processor.inference import extract_features
 from processor.trainer import Trainer, TrainingInterrupted
-from tests.helpers import register_toy_backbone
-
-try:
-    from tests.helpers import tiny_opts
-except ImportError:
-    from tests.conftest import tiny_opts
+from tests.helpers import register_toy_backbone, tiny_opts
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

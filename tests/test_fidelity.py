@@ -34,13 +34,8 @@ from processor.hooks import EvalHook, HookBase, StopOnSignal
 from processor.inference import eval_amp, extract_features
 from processor.predictor import Predictor
 from processor.trainer import Trainer, TrainingInterrupted
-from tests.helpers import register_toy_backbone
+from tests.helpers import register_toy_backbone, tiny_opts
 from utils.checkpoint import save_checkpoint
-
-try:
-    from tests.helpers import tiny_opts
-except ImportError:
-    from tests.conftest import tiny_opts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA = torch.device("cuda")  # a device object only: nothing is allocated on it

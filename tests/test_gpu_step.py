@@ -21,12 +21,7 @@ from processor.hooks import EvalHook, HookBase, StopOnSignal
 from processor.inference import batch_features, missing_by_setting
 from processor.trainer import Trainer, TrainingInterrupted
 from solver import build_optimizer, optimizer_kernel
-from tests.helpers import register_toy_backbone
-
-try:
-    from tests.helpers import tiny_opts
-except ImportError:
-    from tests.conftest import tiny_opts
+from tests.helpers import register_toy_backbone, tiny_opts
 
 
 def _opts(demo_root, out, **overrides):

@@ -12,14 +12,9 @@ import torch
 from configs import load_config
 from modeling import build_model
 from modeling.checkpoint import load_model_weights, model_from_checkpoint, model_payload
-from tests.helpers import register_toy_backbone
+from tests.helpers import register_toy_backbone, tiny_opts
 from utils.checkpoint import CheckpointError, save_checkpoint
 from utils.spectra import MISS_SETTINGS, missing_spectra
-
-try:
-    from tests.helpers import tiny_opts
-except ImportError:
-    from tests.conftest import tiny_opts
 
 SIZE = (32, 16)
 

@@ -25,7 +25,7 @@ import yaml
 from configs import load_config
 from experiments import LaunchOptions, SweepError, collect, load_sweep, plan_runs, run_state
 from experiments.sweep import PID_FILE, Run, TrainRun, dry_run, make_executor
-from tests.conftest import tiny_opts
+from tests.helpers import tiny_opts
 from utils.spectra import MISS_SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
