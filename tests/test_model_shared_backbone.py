@@ -14,7 +14,7 @@ from modeling import build_model
 from modeling.checkpoint import load_model_weights, model_from_checkpoint, model_payload
 from tests.helpers import register_toy_backbone, tiny_opts
 from utils.checkpoint import CheckpointError, save_checkpoint
-from utils.spectra import MISS_SETTINGS, missing_spectra
+from utils.spectra import MISS_SETTINGS, missing_spectra, parse_cross
 
 SIZE = (32, 16)
 
@@ -128,10 +128,13 @@ def test_shared_backbone_trains_and_evaluates_every_setting(demo_root, tmp_path)
 
     cfg = load_config(None, tiny_opts(demo_root, str(tmp_path), **{
         "MODEL.TRANSFORMER_TYPE": register_toy_backbone(), "MODEL.SHARED_BACKBONE": "True",
-        "SOLVER.BACKBONE_LR_FACTOR": "0.5"}))
+        "SOLVER.BACKBONE_LR_FACTOR": "0.5", "TEST.MISS": "all", "TEST.CROSS": "all"}))
     trainer = Trainer(cfg)
     results = trainer.train()
     assert trainer.model.backbones.is_shared
+    assert list(results) == list(MISS_SETTINGS)  # the seven settings and the six cross pairs, in one pass
+    assert sorted(trainer.cross_results) == sorted(p.name for p in parse_cross("all"))
+    assert all(0.0 <= m["mAP"] <= 1.0 for m in trainer.cross_results.values())
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.history)
     assert 0.0 <= results["nothing"]["mAP"] <= 1.0
     extracted = extract_features(trainer.model, trainer.data.test_loader, torch.device("cpu"), list(MISS_SETTINGS))
