@@ -4,6 +4,7 @@ writers, the toy backbone. Fixtures live in conftest.py; no test module imports 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import zlib
@@ -14,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from modeling.backbones import ViTBackbone, is_known_backbone, register_backbone
+from processor.hooks import HookBase, StopOnSignal
 
 REPO = Path(__file__).resolve().parents[1]
 SPECTRA = ("RGB", "NI", "TI")
@@ -140,3 +142,22 @@ def write_msvr310(root: str, splits: dict[str, Iterable[str]]) -> str:
             for folder in ("vis", "ni", "th"):
                 save_image(os.path.join(base, split, name[:4], folder, name))
     return base
+
+
+class StopAt(HookBase):
+    """Asks the trainer to stop after global step ``step``, as a SIGTERM would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def after_step(self) -> None:
+        if self.trainer.global_step == self.step:
+            self.trainer.request_stop(signal.SIGTERM)
+
+
+def stop_after_step(trainer, step: int):
+    """Make ``trainer`` stop after global step ``step``: the request comes before the stop hook looks for one."""
+    hook = StopAt(step)
+    hook.trainer = trainer
+    trainer.hooks.insert(next(i for i, h in enumerate(trainer.hooks) if isinstance(h, StopOnSignal)), hook)
+    return trainer

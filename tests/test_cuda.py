@@ -6,8 +6,6 @@ paths on CPU are tested in tests/test_gpu_step.py and tests/test_gpu_augment.py.
 
 from __future__ import annotations
 
-import signal
-
 import numpy as np
 import pytest
 import torch
@@ -17,10 +15,10 @@ from data.gpu_augment import BatchAugment
 from data.transforms import ToNormalizedTensor
 from modeling import build_model
 from modeling.compile import compile_blocks, is_compiled, transformer_blocks
-from processor.hooks import EvalHook, HookBase, StopOnSignal
+from processor.hooks import EvalHook
 from processor.inference import extract_features
 from processor.trainer import Trainer, TrainingInterrupted
-from tests.helpers import register_toy_backbone, tiny_opts
+from tests.helpers import register_toy_backbone, stop_after_step, tiny_opts
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -32,21 +30,12 @@ def _cfg(demo_root, out, **overrides):
     return load_config(None, tiny_opts(demo_root, str(out), **opts))
 
 
-class _StopAt(HookBase):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def after_step(self) -> None:
-        if self.trainer.global_step == self.step:
-            self.trainer.request_stop(signal.SIGTERM)
 
 
 def _steps_only(trainer: Trainer, stop_at: int | None = None) -> Trainer:
     trainer.hooks = [h for h in trainer.hooks if not isinstance(h, EvalHook)]
     if stop_at is not None:
-        i = next(i for i, h in enumerate(trainer.hooks) if isinstance(h, StopOnSignal))
-        trainer.hooks.insert(i, _StopAt(stop_at))
-        trainer.hooks[i].trainer = trainer
+        stop_after_step(trainer, stop_at)
     return trainer
 
 

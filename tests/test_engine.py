@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from configs import load_config
-from processor.hooks import HookBase, StopOnSignal
 from processor.trainer import RunExistsError, Trainer, TrainingInterrupted
-from tests.helpers import register_toy_backbone, tiny_opts
+from tests.helpers import register_toy_backbone, stop_after_step, tiny_opts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESUME_OPTS = {"SOLVER.MAX_EPOCHS": "2", "SOLVER.EVAL_PERIOD": "0"}
@@ -64,21 +63,10 @@ def test_new_run_does_not_overwrite_an_existing_one(trained_run, demo_root):
     assert (out / "last.pth").read_bytes() == before
 
 
-class _StopAt(HookBase):
-    """Asks the trainer to stop after global step ``step``, as a SIGTERM would."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def after_step(self):
-        if self.trainer.global_step == self.step:
-            self.trainer.request_stop(signal.SIGTERM)
 
 
 def _interrupt_at(trainer, step):
-    stop_hook = next(i for i, h in enumerate(trainer.hooks) if isinstance(h, StopOnSignal))
-    trainer.hooks.insert(stop_hook, _StopAt(step))
-    trainer.hooks[stop_hook].trainer = trainer
+    stop_after_step(trainer, step)
 
 
 @pytest.mark.slow

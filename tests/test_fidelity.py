@@ -30,11 +30,11 @@ from modeling.checkpoint import model_payload
 from modeling.compile import is_compiled, transformer_blocks
 from modeling.crm import ComplementaryReconstruction
 from processor import hooks as hooks_module
-from processor.hooks import EvalHook, HookBase, StopOnSignal
+from processor.hooks import EvalHook, HookBase
 from processor.inference import eval_amp, extract_features
 from processor.predictor import Predictor
 from processor.trainer import Trainer, TrainingInterrupted
-from tests.helpers import register_toy_backbone, tiny_opts
+from tests.helpers import register_toy_backbone, stop_after_step, tiny_opts
 from utils.checkpoint import save_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,22 +53,11 @@ def _losses(history):
     return [(h["epoch"], h["iteration"], h["loss"]) for h in history]
 
 
-class _StopAt(HookBase):
-    """Asks the trainer to stop after global step ``step`` (as SIGTERM would)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def after_step(self) -> None:
-        if self.trainer.global_step == self.step:
-            self.trainer.request_stop()
 
 
 def _stop_at(trainer, step):
     """Stop ``trainer`` after global step ``step``: the request comes before the stop hook looks for one."""
-    hook = _StopAt(step)
-    hook.trainer = trainer
-    trainer.hooks.insert(next(i for i, h in enumerate(trainer.hooks) if isinstance(h, StopOnSignal)), hook)
+    stop_after_step(trainer, step)
 
 
 class _StaysPut(nn.Module):

@@ -8,7 +8,6 @@ C++ code, which would take minutes on the CI machine's cores."""
 from __future__ import annotations
 
 import functools
-import signal
 
 import pytest
 import torch
@@ -17,11 +16,11 @@ import processor.trainer as trainer_module
 from configs import load_config
 from modeling import build_model
 from modeling.compile import compile_blocks, is_compiled, transformer_blocks
-from processor.hooks import EvalHook, HookBase, StopOnSignal
+from processor.hooks import EvalHook
 from processor.inference import batch_features, missing_by_setting
 from processor.trainer import Trainer, TrainingInterrupted
 from solver import build_optimizer, optimizer_kernel
-from tests.helpers import register_toy_backbone, tiny_opts
+from tests.helpers import register_toy_backbone, stop_after_step, tiny_opts
 
 
 def _opts(demo_root, out, **overrides):
@@ -33,19 +32,10 @@ def _without_evaluation(trainer: Trainer, stop_at: int | None = None) -> Trainer
     """Drop the evaluation hook (these tests look at steps); stop after global step ``stop_at`` as SIGTERM would."""
     trainer.hooks = [h for h in trainer.hooks if not isinstance(h, EvalHook)]
     if stop_at is not None:
-        stop = next(i for i, h in enumerate(trainer.hooks) if isinstance(h, StopOnSignal))
-        trainer.hooks.insert(stop, _StopAt(stop_at))
-        trainer.hooks[stop].trainer = trainer
+        stop_after_step(trainer, stop_at)
     return trainer
 
 
-class _StopAt(HookBase):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def after_step(self) -> None:
-        if self.trainer.global_step == self.step:
-            self.trainer.request_stop(signal.SIGTERM)
 
 
 def test_bf16_cpu_step_with_batched_augment_and_compiled_blocks(demo_root, tmp_path, monkeypatch):
