@@ -17,7 +17,14 @@ from data.datasets import Record
 from data.datasets.base import record_key
 from modeling.checkpoint import model_from_checkpoint
 from modeling.compile import compile_blocks
-from processor.inference import ExtractedFeatures, batch_features, eval_amp, extract_features, missing_by_setting
+from processor.inference import (
+    ExtractedFeatures,
+    batch_features,
+    eval_amp,
+    extract_features,
+    missing_by_setting,
+    needed_spectra,
+)
 from utils.checkpoint import CheckpointError
 from utils.env import amp_dtype, resolve_device
 from utils.spectra import missing_spectra
@@ -81,8 +88,7 @@ class Predictor:
         """Per batch of ``records`` (in order): setting -> features (float32, CPU, as the model returns them: not
         normalised). Only the spectra some setting keeps are decoded and run."""
         missing = missing_by_setting(self.model, settings)
-        spectra = [s for s in self.spectra if any(s not in m for m in missing.values())]
-        for batch in self.loader(records, spectra):
+        for batch in self.loader(records, needed_spectra(self.model, missing)):
             yield batch_features(self.model, batch, self.device, missing, self.amp, self.amp_dtype)
 
     def record_features(self, records: Sequence[Record], settings: Sequence[str]) -> dict[str, torch.Tensor]:
