@@ -11,6 +11,7 @@ workers, and with ``NUM_WORKERS 0`` the main process's generators are left untou
 from __future__ import annotations
 
 import io
+import logging
 import random
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -22,18 +23,25 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-
-# Not torchvision.io.decode_jpeg: it gives PIL's pixels in every decoding case of tests/test_data_transforms.py
-# (grey, CMYK, progressive, 4:4:4, EXIF-rotated, which it leaves unrotated) at the same speed and would make
-# jpeg_orientation unnecessary, but torchvision 0.29 deprecates it in favour of TorchCodec and warns on each call.
-# TorchCodec always applies the EXIF rotation, hence jpeg_orientation.
-from torchcodec.decoders import decode_jpeg
 from tqdm import tqdm
 
 from data.datasets.base import DatasetError, Record
 from utils.spectra import SPECTRA
 
 Sample = dict[str, Any]
+
+# JPEG files are decoded by TorchCodec, which gives PIL's pixels faster, when it loads; PIL decodes everything else,
+# and everything when TorchCodec is missing or was built for another torch (its compiled part then fails to load).
+# Not torchvision.io.decode_jpeg: it gives PIL's pixels in every decoding case of tests/test_data_transforms.py
+# (grey, CMYK, progressive, 4:4:4, EXIF-rotated, which it leaves unrotated) at the same speed and would make
+# jpeg_orientation unnecessary, but torchvision 0.29 deprecates it in favour of TorchCodec and warns on each call.
+# TorchCodec always applies the EXIF rotation, hence jpeg_orientation.
+try:
+    from torchcodec.decoders import decode_jpeg
+except (ImportError, OSError, RuntimeError) as _err:
+    decode_jpeg = None
+    logging.getLogger(__name__).warning("TorchCodec is not usable (%s: %s); JPEG files are decoded by PIL (the same "
+                                        "pixels, slower)", type(_err).__name__, " ".join(str(_err).split())[:200])
 
 
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers of every JPEG process
@@ -98,7 +106,7 @@ def read_image(path: str) -> np.ndarray:
         raise DatasetError(f"image file not found: {path}") from None
     except OSError as err:
         raise DatasetError(f"cannot read image {path}: {err}") from None
-    if jpeg_orientation(data) == 1:
+    if decode_jpeg is not None and jpeg_orientation(data) == 1:
         try:
             decoded = decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode="RGB")
             return decoded.permute(1, 2, 0).numpy()  # the decoder writes [H, W, 3] memory
@@ -148,7 +156,7 @@ class ImageCache:
 
         with ThreadPoolExecutor(max(1, threads)) as pool:
             for _ in tqdm(pool.map(fill, range(len(records))), total=len(records), desc="caching images",
-                          disable=not progress, dynamic_ncols=True):
+                          disable=None if progress else True, dynamic_ncols=True):
                 pass
         self.images.flags.writeable = False  # the transforms copy before changing pixels; this keeps it so
 

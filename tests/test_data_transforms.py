@@ -119,7 +119,14 @@ def _save(path, pixels: np.ndarray, mode: str = "RGB", **options) -> str:
     ("RGB", {"quality": 90}), ("RGB", {"quality": 75, "subsampling": 0}), ("RGB", {"progressive": True}),
     ("L", {}), ("CMYK", {}),
 ])
-def test_jpeg_decoding_gives_pils_pixels(tmp_path, mode, options):
+@pytest.mark.parametrize("torchcodec", [True, False], ids=["torchcodec", "without-torchcodec"])
+def test_jpeg_decoding_gives_pils_pixels(tmp_path, monkeypatch, mode, options, torchcodec):
+    """With TorchCodec, and with PIL alone where TorchCodec cannot be loaded (data.loader.decode_jpeg is then None)."""
+    import data.loader
+
+    assert data.loader.decode_jpeg is not None  # installed here: both paths are tested
+    if not torchcodec:
+        monkeypatch.setattr(data.loader, "decode_jpeg", None)
     path = _save(tmp_path / "a.jpg", _photo(np.random.default_rng(4), 61, 35), mode, **options)
     decoded = read_image(path)
     assert decoded.dtype == np.uint8 and decoded.shape == (61, 35, 3) and decoded.flags["C_CONTIGUOUS"]
@@ -166,8 +173,13 @@ def test_jpeg_orientation_reads_the_exif_tag():
     assert jpeg_orientation(b"") is None
 
 
+@pytest.mark.parametrize("torchcodec", [True, False], ids=["torchcodec", "without-torchcodec"])
 @pytest.mark.parametrize("cut", [0.3, 0.9])
-def test_truncated_jpeg_is_an_error_naming_the_file(tmp_path, cut):
+def test_truncated_jpeg_is_an_error_naming_the_file(tmp_path, monkeypatch, cut, torchcodec):
+    import data.loader
+
+    if not torchcodec:
+        monkeypatch.setattr(data.loader, "decode_jpeg", None)
     path = _save(tmp_path / "cut.jpg", _photo(np.random.default_rng(8), 64, 32))
     data = open(path, "rb").read()
     with open(path, "wb") as f:
