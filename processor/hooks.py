@@ -65,7 +65,7 @@ class MetricLogger(HookBase):
     def before_epoch(self) -> None:
         t = self.trainer
         self.bar = tqdm(total=t.iters_per_epoch, initial=t.iteration, desc=f"epoch {t.epoch}",
-                        disable=not t.main, dynamic_ncols=True, mininterval=2.0, leave=False)
+                        disable=None if t.main else True, dynamic_ncols=True, mininterval=2.0, leave=False)
         self.epoch_start = time.perf_counter()
         self._reset()
 
