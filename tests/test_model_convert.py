@@ -175,3 +175,23 @@ def test_count_params_command(capsys):
     assert float(rows["total"][1]) == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6, abs=0.01)
     assert float(rows["CRM"][-2]) > 0 and float(rows["CRM"][-1]) == 0  # CRM runs in training only
     assert float(rows["backbone RGB"][-1]) > float(rows["TPM"][-1]) > 0
+
+
+def test_backbone_flops_equal_the_vit_formula():
+    """The FLOP count behind count_params and the benchmark's MFU: a ViT backbone's forward is the patch projection
+    plus, per block, 24 N D^2 (qkv, projection, 4x MLP) + 4 N^2 D (scores and weighted sum), at 2 FLOPs a
+    multiply-add; N tokens (patches + class token), width D."""
+    from tools.count_params import count_flops, part_flops
+
+    model = demo_model()
+    backbone = model.backbones.RGB
+    (height, width), patch = (64, 32), 16
+    patches, dim, depth = (height // patch) * (width // patch), backbone.embed_dim, len(backbone.blocks)
+    tokens = patches + 1
+    expected = 2 * patches * (3 * patch * patch) * dim + depth * (24 * tokens * dim**2 + 4 * tokens**2 * dim)
+    batch = 2
+    images = {s: torch.randn(batch, 3, height, width) for s in model.spectra}
+    for train in (True, False):
+        flops = count_flops(model, images, torch.zeros(batch, dtype=torch.long), train)
+        for spectrum in model.spectra:
+            assert part_flops(flops, f"backbones.{spectrum}") == batch * expected
