@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +128,10 @@ def _step_flops(model: torch.nn.Module, size: tuple[int, int], device: torch.dev
     return 3 * count_flops(model, images, torch.zeros(2, dtype=torch.long, device=device), True)["Global"] / 2
 
 
-def bench_train_step(smoke: bool = False, steps: int = 10, warmup: int = 3) -> dict:
-    """samples/s, MFU and peak memory of the train step per backbone and precision mode."""
+def bench_train_step(smoke: bool = False, steps: int = 10, warmup: int = 3,
+                     measured: Callable[[dict], None] | None = None) -> dict:
+    """samples/s, MFU and peak memory of the train step per backbone and precision mode; ``measured(results so
+    far)`` is called after each mode (a run cut short keeps what it measured)."""
     from loss import build_loss
     from modeling import build_model
     from modeling.compile import compile_blocks
@@ -180,13 +182,15 @@ def bench_train_step(smoke: bool = False, steps: int = 10, warmup: int = 3) -> d
                 "warmup_s": first_steps_s, "optimizer": optimizer_kernel(opt), "loss": float(loss.detach())}
             del model, opt, loss_fn, images
             torch._dynamo.reset()
+            if measured is not None:
+                measured(out)
     return out
 
 
 def train_step_lines(r: dict) -> list[str]:
     lines = []
-    for backbone in [k for k in r if isinstance(r[k], dict) and "fp32" in r[k]]:
-        for mode in MODES:
+    for backbone in [k for k in r if isinstance(r[k], dict)]:
+        for mode in [m for m in MODES if m in r[backbone]]:
             m = r[backbone][mode]
             mfu = f"MFU {m['mfu']:.1%}" if m["mfu"] is not None else "MFU n/a"
             mem = f"peak {m['peak_memory_gib']:.1f} GiB" if m["peak_memory_gib"] is not None else "peak memory n/a"

@@ -366,9 +366,17 @@ def main() -> None:
             lines.append(f"{name}: no GPU on this machine; section not measured (--smoke runs it with tiny sizes)")
             continue
         key = f"{name}_smoke" if args.smoke else name
-        results[key] = bench(smoke=args.smoke)
+        if name == "cuda":
+            def measured(partial: dict, key: str = key) -> None:
+                results[key] = partial
+                save()
+                print(bench_gpu.train_step_lines(partial)[-1], flush=True)
+
+            results[key] = bench(smoke=args.smoke, measured=measured)
+        else:
+            results[key] = bench(smoke=args.smoke)
+            print("\n".join(report(results[key])), flush=True)
         lines.extend(report(results[key]))
-        print("\n".join(report(results[key])), flush=True)
         save()
     save()
     print("\n".join(lines))

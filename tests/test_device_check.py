@@ -1,0 +1,69 @@
+"""benchmarks/device_check.sh, the one script run on a GPU machine, run here end to end with tiny sizes
+(``DEVICE_CHECK_SMOKE=1``): the packages check, the CUDA tests (skipped without a GPU), the three benchmark sections,
+the merged results and the folder it leaves."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _device_check(out: Path, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "DEVICE_CHECK_SMOKE": "1", **env}
+    return subprocess.run(["bash", "benchmarks/device_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.mark.slow
+def test_device_check_runs_through_and_leaves_four_files(tmp_path):
+    out = tmp_path / "out"
+    result = _device_check(out)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    # The device tool brings back at most 8 files: the script leaves 4.
+    assert sorted(p.name for p in out.iterdir()) == ["detail.tar.gz", "device_check.log", "results.json",
+                                                     "summary.txt"]
+    merged = json.loads((out / "results.json").read_text())
+    assert set(merged) == {"machine", "cuda_smoke", "eval_smoke", "epoch_smoke"}
+    train = merged["cuda_smoke"]
+    (backbone,) = [k for k in train if isinstance(train[k], dict)]
+    assert set(train[backbone]) == {"fp32", "bf16", "bf16+compile"}
+    assert all(m["samples_per_s"] > 0 and m["flops_per_sample"] > 0 for m in train[backbone].values())
+    assert merged["eval_smoke"]["settings"] == 7
+    assert len(merged["epoch_smoke"]["epochs"]) == 2
+
+    summary = (out / "summary.txt").read_text().splitlines()
+    assert summary[0] == "sections measured: ['cuda_smoke', 'eval_smoke', 'epoch_smoke']"
+    figures = summary[1:]
+    assert len(figures) == len(set(figures)) == 5, figures  # three train-step modes, evaluation, epoch; once each
+    assert [line.split()[0] for line in figures] == ["train", "train", "train", "evaluation", "epoch"]
+
+    with tarfile.open(out / "detail.tar.gz") as tar:
+        names = set(tar.getnames())
+        report = tar.extractfile("detail/pytest_cuda.txt").read().decode()
+    assert {f"detail/{n}" for n in ("env.json", "pytest_cuda.xml", "results_cuda.json", "bench_epoch.txt")} <= names
+    assert re.search(r"\b4 (skipped|passed)\b", report) and report.rstrip().endswith("pytest exit 0")
+    assert "done in" in (out / "device_check.log").read_text()
+
+
+@pytest.mark.slow
+def test_device_check_out_of_time_names_the_steps_and_fails(tmp_path):
+    """Every step is capped by what is left of DEVICE_CHECK_SECONDS; a step cut short is reported by name and the
+    script exits 1, with the files it has."""
+    out = tmp_path / "out"
+    result = _device_check(out, DEVICE_CHECK_SECONDS="1")
+    assert result.returncode == 1
+    failed = [line for line in result.stdout.splitlines() if line.startswith("failed: ")]
+    # The CUDA tests (torch import and four skips) could end within their second on a fast machine.
+    assert failed[-3:] == ["failed: benchmark section cuda (out of time)", "failed: benchmark section eval (out of "
+                           "time)", "failed: benchmark section epoch (out of time)"]
+    assert failed[:-3] in ([], ["failed: CUDA tests (out of time)"])
+    assert (out / "summary.txt").exists() and (out / "detail.tar.gz").exists()
