@@ -39,6 +39,7 @@ class BatchAugment:
         self.seed = seed
         self._generators: dict[str, torch.Generator] = {}
         self._pending_state: dict[str, torch.Tensor] = {}
+        self._constants: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # mean, std per device: copied once
 
     # ------------------------------------------------------------------------------------------------------------
     def generator(self, device: torch.device) -> torch.Generator:
@@ -61,7 +62,10 @@ class BatchAugment:
     # ------------------------------------------------------------------------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 -> float32 in [0, 1] -> (x - mean) / std, the operations of ``ToNormalizedTensor``."""
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        key = str(images.device)
+        if key not in self._constants:  # a copy to a GPU from ordinary memory waits for it: once, not per step
+            self._constants[key] = (self.mean.to(images.device), self.std.to(images.device))
+        mean, std = self._constants[key]
         return torch.div(images, 255).sub_(mean).div_(std)
 
     def flip_mask(self, batch: int, device: torch.device) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The GPU step on a CUDA device: bf16 training, compiled blocks, resume, the fused optimiser, batched augmentation.
+"""The GPU step on a CUDA device: bf16 training, compiled blocks, resume, the fused optimiser, no host-device
+synchronisation in the step, batched augmentation.
 
 Run with ``pytest -m cuda`` (``benchmarks/device_check.sh`` does); skipped where no GPU is present. The same code
 paths on CPU are tested in tests/test_gpu_step.py and tests/test_gpu_augment.py.
@@ -89,6 +90,24 @@ def test_resumed_run_continues_from_the_saved_state(demo_root, tmp_path):
     expected = [h["loss"] for h in reference.history]
     # CUDA kernels (atomics in backward) are not bit-reproducible; the resumed losses follow the reference closely.
     assert got == pytest.approx(expected, rel=1e-2)
+
+
+def test_the_train_step_never_waits_for_the_device(demo_root, tmp_path):
+    """After a first step (cuBLAS handles, momentum buffers), a step with batched augmentation, bf16 and the fused
+    optimiser queues its work without one host-device synchronisation: CUDA's sync debug mode raises on any."""
+    trainer = Trainer(_cfg(demo_root, tmp_path))
+    trainer.model.train()
+    batches = iter(trainer.data.train_loader)
+    trainer.run_step(next(batches))
+    torch.cuda.synchronize()
+    for _ in range(2):
+        batch = next(batches)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            trainer.run_step(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(trainer.step_outputs["loss"]) and not trainer.nonfinite_loss()
 
 
 def test_batched_augment_on_cuda_normalises_exactly_and_flips_at_the_rate():
