@@ -88,6 +88,8 @@ class Trainer:
         if cfg.SOLVER.DETERMINISTIC:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # input sizes are fixed: cuDNN times its kernels once, keeps the best
         seed_everything(cfg.SOLVER.SEED)
 
         self.data = build_dataloader(cfg, distributed=self.world_size > 1)
