@@ -36,18 +36,21 @@ record() {  # record STEP EXIT_STATUS
 PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null || PY=python
 need='import torch, torchvision, timm, yacs, cv2, PIL, tqdm, tensorboard, safetensors, pytest'
-if ! "$PY" -c "$need" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
-    step "installing the wheels in .whl/"
-    timeout "$(cap 60)" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target .device-site .whl/*.whl
-    export PYTHONPATH=$PWD/.device-site${PYTHONPATH:+:$PYTHONPATH}
+have() { "$PY" -c "$need" 2>/dev/null; }
+if ! have; then
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        step "installing the wheels in .whl/"
+        timeout "$(cap 60)" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target .device-site .whl/*.whl
+        export PYTHONPATH=$PWD/.device-site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    if ! have; then
+        step "installing requirements.txt"
+        "$PY" -m venv --system-site-packages .venv-device && PY=.venv-device/bin/python
+        timeout "$(cap 180)" "$PY" -m pip install -q -r requirements.txt
+    fi
+    "$PY" -c "$need" || { echo "packages missing (see the import error above); stopping"; exit 2; }
 fi
-if ! "$PY" -c "$need" 2>/dev/null; then
-    step "installing requirements.txt"
-    "$PY" -m venv --system-site-packages .venv-device && PY=.venv-device/bin/python
-    timeout "$(cap 180)" "$PY" -m pip install -q -r requirements.txt
-fi
-"$PY" -c "$need" || { echo "packages missing (see the import error above); stopping"; exit 2; }
 
 step "environment"
 nvidia-smi > "$DETAIL/nvidia-smi.txt" 2>&1 || true
