@@ -18,13 +18,17 @@ demo: $(STAMP)
 	$(PY) train_net.py --config_file configs/demo/TOP-ReID.yml OUTPUT_DIR logs/demo OVERWRITE True
 	$(PY) test_net.py --config_file configs/demo/TOP-ReID.yml OUTPUT_DIR logs/demo/test TEST.WEIGHT logs/demo/best.pth TEST.MISS all
 
+# Test processes (pytest-xdist; each test file stays in one process): one per core by default, JOBS=0 for one process.
+JOBS   ?= auto
+XDIST  := $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
+
 ## The test suite (what CI runs); the 15 slowest tests are listed at the end (--durations in pyproject.toml).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 ## Everything but the tests marked slow (training runs, subprocesses, parity with the original, torch.compile).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(XDIST)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
