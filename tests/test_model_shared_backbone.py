@@ -146,3 +146,24 @@ def test_shared_backbone_trains_and_evaluates_every_setting(demo_root, tmp_path)
     saved = torch.load(tmp_path / "last.pth", weights_only=True)
     assert saved["arch"]["MODEL.SHARED_BACKBONE"] is True
     assert any(k.startswith("backbones.shared.") for k in saved["model"])
+
+
+@pytest.mark.parametrize("setting", ["nothing", "rt"])
+def test_onnx_export_of_the_shared_backbone_runs_any_batch(tmp_path, setting):
+    """The exported graph splits the one batched backbone forward at the batch size it is given (traced at 2, run
+    at 4), and gives PyTorch's features (onnxruntime, CPU)."""
+    from tools.export_onnx import FeatureExtractor, export, onnx_features
+
+    torch.manual_seed(0)
+    model = build_model(_cfg(True), 5, 3).eval()
+    missing = missing_spectra(setting)
+    spectra = [s for s in model.spectra if s not in missing]
+    extractor = FeatureExtractor(model, spectra, missing).eval()
+    images, cams = _batch(4)
+    path = str(tmp_path / f"shared_{setting}.onnx")
+    export(extractor, [images[s][:2] for s in spectra] + [cams[:2]], path, opset=17)
+    with torch.no_grad():
+        expected = extractor(*[images[s] for s in spectra], cams).numpy()
+    got, names = onnx_features(path, {**{s: images[s].numpy() for s in spectra}, "camids": cams.numpy()})
+    assert names == [*spectra, "camids"]
+    assert got.shape == expected.shape and abs(got - expected).max() < 1e-4
