@@ -128,15 +128,53 @@ def _step_flops(model: torch.nn.Module, size: tuple[int, int], device: torch.dev
     return 3 * count_flops(model, images, torch.zeros(2, dtype=torch.long, device=device), True)["Global"] / 2
 
 
-def bench_train_step(smoke: bool = False, steps: int = 10, warmup: int = 3,
-                     measured: Callable[[dict], None] | None = None) -> dict:
-    """samples/s, MFU and peak memory of the train step per backbone and precision mode; ``measured(results so
-    far)`` is called after each mode (a run cut short keeps what it measured)."""
+def _time_train_step(backbone: str, mode: str, size: tuple[int, int], batch: int, steps: int, warmup: int,
+                     device: torch.device, peak: float | None, flops: float | None) -> dict:
+    """One backbone in one precision mode: ``warmup`` untimed steps, then ``steps`` timed ones."""
     from loss import build_loss
     from modeling import build_model
     from modeling.compile import compile_blocks
     from solver import build_optimizer, optimizer_kernel
 
+    torch.manual_seed(0)
+    cfg = _cfg(backbone, size, "MODEL.DROP_PATH", "0.0")
+    model = build_model(cfg, 171, 4).to(device).train()
+    if flops is None:
+        flops = _step_flops(model, size, device)
+        model.train()
+    if mode.endswith("compile"):
+        compile_blocks(model, **_compile_options(device))
+    loss_fn, opt = build_loss(cfg, 171), build_optimizer(cfg, model)
+    g = torch.Generator(device=device).manual_seed(0)
+    images = {s: torch.randn(batch, 3, *size, device=device, generator=g) for s in model.spectra}
+    pids = torch.arange(batch, device=device) // max(2, batch // 8)  # 8 identities per batch
+    cams = torch.arange(batch, device=device) % 4
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    bf16 = mode != "fp32"
+    start = time.perf_counter()
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            first_steps_s, start = time.perf_counter() - start, time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = loss_fn(model(images, cams), pids)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    rate = batch * steps / (time.perf_counter() - start)
+    return {"samples_per_s": rate, "flops_per_sample": flops, "mfu": rate * flops / peak if peak else None,
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            "warmup_s": first_steps_s, "optimizer": optimizer_kernel(opt), "loss": float(loss.detach())}
+
+
+def bench_train_step(smoke: bool = False, steps: int = 10, warmup: int = 3,
+                     measured: Callable[[dict], None] | None = None) -> dict:
+    """samples/s, MFU and peak memory of the train step per backbone and precision mode; ``measured(results so
+    far)`` is called after each mode (a run cut short keeps what it measured). A mode that fails (out of memory, a
+    compiler error) is recorded with its error and the others go on."""
     device = bench_device()
     name = device_name(device)
     backbones = (SMOKE["backbone"],) if smoke else BACKBONES
@@ -147,41 +185,17 @@ def bench_train_step(smoke: bool = False, steps: int = 10, warmup: int = 3,
                            "peak_bf16_flops": peak, "smoke": smoke}
     for backbone in backbones:
         out[backbone] = {}
+        flops = None
         for mode in MODES:
-            torch.manual_seed(0)
-            cfg = _cfg(backbone, size, "MODEL.DROP_PATH", "0.0")
-            model = build_model(cfg, 171, 4).to(device).train()
-            flops = _step_flops(model, size, device) if mode == "fp32" else out[backbone]["fp32"]["flops_per_sample"]
-            model.train()
-            if mode.endswith("compile"):
-                compile_blocks(model, **_compile_options(device))
-            loss_fn, opt = build_loss(cfg, 171), build_optimizer(cfg, model)
-            g = torch.Generator(device=device).manual_seed(0)
-            images = {s: torch.randn(batch, 3, *size, device=device, generator=g) for s in model.spectra}
-            pids = torch.arange(batch, device=device) // max(2, batch // 8)  # 8 identities per batch
-            cams = torch.arange(batch, device=device) % 4
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            bf16 = mode != "fp32"
-            start = time.perf_counter()
-            for i in range(warmup + steps):
-                if i == warmup:
-                    _sync(device)
-                    first_steps_s, start = time.perf_counter() - start, time.perf_counter()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss, _ = loss_fn(model(images, cams), pids)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            _sync(device)
-            rate = batch * steps / (time.perf_counter() - start)
-            out[backbone][mode] = {
-                "samples_per_s": rate, "flops_per_sample": flops, "mfu": rate * flops / peak if peak else None,
-                "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-                "warmup_s": first_steps_s, "optimizer": optimizer_kernel(opt), "loss": float(loss.detach())}
-            del model, opt, loss_fn, images
-            torch._dynamo.reset()
+            try:
+                out[backbone][mode] = _time_train_step(backbone, mode, size, batch, steps, warmup, device, peak, flops)
+                flops = out[backbone][mode]["flops_per_sample"]
+            except Exception as err:  # recorded in the results; the other modes still run
+                out[backbone][mode] = {"error": " ".join(f"{type(err).__name__}: {err}".split())[:500]}
+            finally:
+                torch._dynamo.reset()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
             if measured is not None:
                 measured(out)
     return out
@@ -192,6 +206,9 @@ def train_step_lines(r: dict) -> list[str]:
     for backbone in [k for k in r if isinstance(r[k], dict)]:
         for mode in [m for m in MODES if m in r[backbone]]:
             m = r[backbone][mode]
+            if "error" in m:
+                lines.append(f"train step {r['device']} {backbone} {mode}: FAILED ({m['error']})")
+                continue
             mfu = f"MFU {m['mfu']:.1%}" if m["mfu"] is not None else "MFU n/a"
             mem = f"peak {m['peak_memory_gib']:.1f} GiB" if m["peak_memory_gib"] is not None else "peak memory n/a"
             lines.append(f"train step {r['device']} {backbone} {mode}: {m['samples_per_s']:.1f} samples/s at batch "

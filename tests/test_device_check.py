@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,3 +69,24 @@ def test_device_check_out_of_time_names_the_steps_and_fails(tmp_path):
                            "time)", "failed: benchmark section epoch (out of time)"]
     assert failed[:-3] in ([], ["failed: CUDA tests (out of time)"])
     assert (out / "summary.txt").exists() and (out / "detail.tar.gz").exists()
+
+
+def test_a_failing_train_step_mode_is_recorded_and_the_others_run(monkeypatch):
+    from benchmarks import bench_gpu
+
+    def fake(backbone, mode, size, batch, steps, warmup, device, peak, flops):
+        if mode == "bf16":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"samples_per_s": 10.0, "flops_per_sample": flops or 1e9, "mfu": None, "peak_memory_gib": None,
+                "warmup_s": 0.1, "optimizer": "foreach", "loss": 1.0}
+
+    monkeypatch.setattr(bench_gpu, "_time_train_step", fake)
+    seen = []
+    result = bench_gpu.bench_train_step(smoke=True, measured=lambda r: seen.append(sum(map(len, (
+        v for v in r.values() if isinstance(v, dict))))))
+    modes = result[bench_gpu.SMOKE["backbone"]]
+    assert modes["bf16"] == {"error": "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"}
+    assert modes["fp32"]["samples_per_s"] == modes["bf16+compile"]["samples_per_s"] == 10.0
+    assert seen == [1, 2, 3]  # saved after every mode
+    lines = bench_gpu.train_step_lines(result)
+    assert len(lines) == 3 and "bf16: FAILED (OutOfMemoryError: CUDA out of memory" in lines[1]
