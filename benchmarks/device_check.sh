@@ -29,8 +29,8 @@ left() { echo $(( TOTAL - SECONDS )); }
 cap() { local want=$1 l; l=$(left); (( l < want )) && want=$l; (( want < 1 )) && want=1; echo "$want"; }
 step() { echo "== $(date +%T) [$SECONDS s] $*"; }
 failed=()  # the steps that exited non-zero: the script's own exit status is 1 when there is any
-record() {  # record STEP EXIT_STATUS
-    if (( $2 == 124 )); then failed+=("$1 (out of time)"); elif (( $2 )); then failed+=("$1 (exit $2)"); fi
+record() {  # record STEP EXIT_STATUS (124: stopped by timeout, 137: killed after it)
+    if (( $2 == 124 || $2 == 137 )); then failed+=("$1 (out of time)"); elif (( $2 )); then failed+=("$1 (exit $2)"); fi
 }
 
 PY=${PYTHON:-python3}
@@ -40,14 +40,14 @@ have() { "$PY" -c "$need" 2>/dev/null; }
 if ! have; then
     if compgen -G ".whl/*.whl" >/dev/null; then
         step "installing the wheels in .whl/"
-        timeout "$(cap 60)" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        timeout -k 5 "$(cap 60)" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target .device-site .whl/*.whl
         export PYTHONPATH=$PWD/.device-site${PYTHONPATH:+:$PYTHONPATH}
     fi
     if ! have; then
         step "installing requirements.txt"
         "$PY" -m venv --system-site-packages .venv-device && PY=.venv-device/bin/python
-        timeout "$(cap 180)" "$PY" -m pip install -q -r requirements.txt
+        timeout -k 5 "$(cap 180)" "$PY" -m pip install -q --retries 0 --timeout 10 -r requirements.txt
     fi
     "$PY" -c "$need" || { echo "packages missing (see the import error above); stopping"; exit 2; }
 fi
@@ -62,7 +62,7 @@ PYEOF
 cat "$DETAIL/env.json"
 
 step "CUDA tests"
-timeout "$(cap 100)" "$PY" -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider --durations=0 \
+timeout -k 10 "$(cap 100)" "$PY" -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider --durations=0 \
     --junitxml="$DETAIL/pytest_cuda.xml" > "$DETAIL/pytest_cuda.txt" 2>&1
 rc=$?
 echo "pytest exit $rc" >> "$DETAIL/pytest_cuda.txt"
@@ -73,7 +73,7 @@ tail -n 15 "$DETAIL/pytest_cuda.txt"
 for section in cuda:150 eval:45 epoch:90; do
     name=${section%%:*}
     step "benchmark section $name"
-    timeout "$(cap "${section##*:}")" "$PY" benchmarks/run.py --only "$name" "${SMOKE[@]}" \
+    timeout -k 10 "$(cap "${section##*:}")" "$PY" benchmarks/run.py --only "$name" "${SMOKE[@]}" \
         --output "$DETAIL/results_$name.json" > "$DETAIL/bench_$name.txt" 2>&1
     rc=$?
     echo "exit $rc" >> "$DETAIL/bench_$name.txt"
