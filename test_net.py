@@ -30,8 +30,8 @@ def run(cfg) -> dict:
     import numpy as np
 
     from data.build import build_query_gallery
-    from evaluation import evaluate_cross, evaluate_settings, format_cross_matrix, format_table
-    from processor.inference import cross_pairs, extraction_settings, settings_for, write_results
+    from evaluation import format_cross_matrix, format_table
+    from processor.inference import cross_pairs, extraction_settings, score, settings_for, write_results
     from processor.predictor import Predictor
     from utils.env import device_description, git_commit, versions
     from utils.io import write_npz
@@ -47,14 +47,10 @@ def run(cfg) -> dict:
     logger.info("versions %s, device %s, commit %s", versions(), device_description(predictor.device), git_commit())
     logger.info("evaluating %s on %s, settings: %s", cfg.TEST.WEIGHT, cfg.DATASETS.NAMES, ", ".join(settings))
     extracted = predictor.extract(predictor.loader(split.records), extraction_settings(settings, pairs))
-    results = evaluate_settings(extracted, split.num_query, split.junk_key, cfg.TEST.FEAT_NORM, cfg.TEST.RE_RANKING,
-                                settings)
+    results, cross = score(extracted, split.num_query, split.junk_key, cfg, settings, pairs)
     logger.info("features of %d images x %d settings in %.1f s\n%s", len(extracted.pids), len(extracted.feats),
                 extracted.seconds, format_table(results))
-    cross = {}
-    if pairs:
-        cross = evaluate_cross(extracted, split.num_query, split.junk_key, pairs, cfg.TEST.FEAT_NORM,
-                               cfg.TEST.RE_RANKING)
+    if cross:
         logger.info("cross-spectral evaluation (query side -> gallery side):\n%s\n%s", format_table(cross),
                     format_cross_matrix(cross, pairs, results))
     write_results(os.path.join(cfg.OUTPUT_DIR, "results.json"), results, cfg, cfg.TEST.WEIGHT, predictor.epoch,

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from evaluation import evaluate_cross, evaluate_settings, format_cross_matrix, format_table
-from processor.inference import cross_pairs, eval_amp, extract_features, extraction_settings, write_results
+from evaluation import format_cross_matrix, format_table
+from processor.inference import cross_pairs, eval_amp, extract_features, extraction_settings, score, write_results
 from utils import distributed as du
 from utils.checkpoint import save_checkpoint
 
@@ -135,13 +135,9 @@ class EvalHook(HookBase):
                                      eval_amp(cfg, t.device), t.amp_dtype)
         if not t.main:
             return {}
-        results = evaluate_settings(extracted, t.data.num_query, t.data.dataset.junk_key, cfg.TEST.FEAT_NORM,
-                                    cfg.TEST.RE_RANKING, t.settings)
+        results, cross = score(extracted, t.data.num_query, t.data.dataset.junk_key, cfg, t.settings, pairs)
         logger.info("evaluation at epoch %d (%.1f s):\n%s", t.epoch, extracted.seconds, format_table(results))
-        cross = {}
-        if pairs:
-            cross = evaluate_cross(extracted, t.data.num_query, t.data.dataset.junk_key, pairs, cfg.TEST.FEAT_NORM,
-                                   cfg.TEST.RE_RANKING)
+        if cross:
             logger.info("cross-spectral evaluation at epoch %d:\n%s", t.epoch,
                         format_cross_matrix(cross, pairs, results))
         t.cross_results = cross

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from yacs.config import CfgNode
 
+from evaluation import evaluate_cross, evaluate_settings
 from utils import distributed as du
 from utils.env import device_description, git_commit, versions
 from utils.io import write_json
@@ -174,6 +175,16 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
         out_feats = local[1]
     return ExtractedFeatures(out_feats, np.concatenate(pids), np.concatenate(camids), np.concatenate(sceneids),
                              names, time.perf_counter() - start)
+
+
+def score(extracted: ExtractedFeatures, num_query: int, junk_key: str, cfg: CfgNode, settings: Sequence[str],
+          pairs: Sequence[CrossPair] = ()) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """(metrics per `TEST.MISS` setting, metrics per `TEST.CROSS` pair; {} without pairs) of one extraction, with
+    ``TEST.FEAT_NORM`` and ``TEST.RE_RANKING``: what training's evaluation and test_net.py report."""
+    results = evaluate_settings(extracted, num_query, junk_key, cfg.TEST.FEAT_NORM, cfg.TEST.RE_RANKING, settings)
+    cross = evaluate_cross(extracted, num_query, junk_key, pairs, cfg.TEST.FEAT_NORM,
+                           cfg.TEST.RE_RANKING) if pairs else {}
+    return results, cross
 
 
 def write_results(path: str, results: dict[str, dict[str, float]], cfg: CfgNode, checkpoint: str, epoch: int | None,
