@@ -95,6 +95,7 @@ def load_imagenet_weights(backbones: Mapping[str, nn.Module], path: str) -> None
         raise CheckpointError(f"{err} (MODEL.PRETRAIN_PATH_T; ImageNet weights are never downloaded, place the file "
                               "there or set MODEL.PRETRAIN_CHOICE none)") from None
     source, dropped = unwrap_imagenet_state_dict(raw, path)
+    activation = _file_activation(path)  # read once, checked per backbone
     distinct: dict[int, tuple[nn.Module, list[str]]] = {}
     for spectrum, backbone in backbones.items():
         distinct.setdefault(id(backbone), (backbone, []))[1].append(spectrum)
@@ -123,20 +124,24 @@ def load_imagenet_weights(backbones: Mapping[str, nn.Module], path: str) -> None
             if dropped else "",
             f"unused in the file: {summarize_keys(unexpected)}" if unexpected else "",
             f"not in the file (initialised here): {', '.join(absent)}" if absent else ""]))
-        _check_activation(path, backbone)
+        _check_activation(path, activation, backbone)
     names = ", ".join("/".join(spectra) + (" (one shared backbone)" if len(spectra) > 1 else "")
                       for _, spectra in distinct.values())
     logger.info("ImageNet weights %s -> backbones %s: %s", path, names, report)
 
 
-def _check_activation(path: str, backbone: nn.Module) -> None:
-    """Warn when a file converted by tools/convert_clip.py (QuickGELU, OpenAI's CLIP) goes into a GELU backbone."""
+def _file_activation(path: str) -> str | None:
+    """The activation a safetensors file records (tools/convert_clip.py writes ``quick_gelu``), or None."""
     if not path.endswith(".safetensors"):
-        return
+        return None
     from safetensors import safe_open
 
     with safe_open(path, framework="pt") as f:
-        activation = (f.metadata() or {}).get(ACTIVATION_METADATA)
+        return (f.metadata() or {}).get(ACTIVATION_METADATA)
+
+
+def _check_activation(path: str, activation: str | None, backbone: nn.Module) -> None:
+    """Warn when a file converted by tools/convert_clip.py (QuickGELU, OpenAI's CLIP) goes into a GELU backbone."""
     if activation == "quick_gelu" and not any(isinstance(m, QuickGELU) for m in backbone.modules()):
         logger.warning("%s holds weights trained with QuickGELU (OpenAI's CLIP), but the %s backbone uses GELU: use "
                        "the *_clip_quickgelu_* name (vit_base_patch16_clip_quickgelu_224 for ViT-B/16) to keep the "
