@@ -5,6 +5,7 @@ from evaluation.distance import squared_euclidean, squared_norms
 from evaluation.evaluator import (
     ReIDEvaluator,
     SettingFeatures,
+    cross_matrix,
     evaluate_cross,
     evaluate_settings,
     format_cross_matrix,
@@ -16,6 +17,7 @@ from evaluation.reranking import re_ranking
 __all__ = [
     "ReIDEvaluator",
     "SettingFeatures",
+    "cross_matrix",
     "evaluate_cross",
     "evaluate_features",
     "evaluate_rank",

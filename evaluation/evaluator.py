@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from evaluation.rank import ArrayLike, _as_features, _to_numpy, evaluate_features, evaluate_rank
 from evaluation.reranking import re_ranking
-from utils.spectra import SPECTRA, CrossPair, side_name
+from utils.spectra import SPECTRA, CrossPair, side_name, side_setting
 
 
 class ReIDEvaluator:
@@ -120,31 +120,39 @@ def evaluate_cross(extracted: SettingFeatures, num_query: int, junk_key: str, pa
     return results
 
 
-def format_cross_matrix(cross: Mapping[str, Mapping[str, float]], pairs: Sequence[CrossPair],
-                        settings: Mapping[str, Mapping[str, float]] | None = None, metric: str = "mAP") -> str:
-    """Query side x gallery side matrix of ``metric`` (percent): rows are query sides, columns gallery sides (single
-    spectra first, in spectrum order). A
-    diagonal cell (the same spectra on both sides) shows that missing-spectrum setting's result when ``settings``
-    holds it; cells not evaluated show "-"."""
-    def order(sides: set[tuple[str, ...]]) -> list[str]:  # single spectra first, each group in spectrum order
-        return [side_name(s) for s in sorted(sides, key=lambda s: (len(s), [SPECTRA.index(x) for x in s]))]
+def cross_matrix(cross: Mapping[str, Mapping[str, float]], pairs: Sequence[CrossPair],
+                 settings: Mapping[str, Mapping[str, float]] | None = None, metric: str = "mAP"
+                 ) -> tuple[list[str], list[str], np.ndarray]:
+    """(query sides, gallery sides, ``metric`` [rows, cols] with NaN where not evaluated): rows are the pairs' query
+    sides, columns their gallery sides, single spectra first, each group in spectrum order. A diagonal cell (the same
+    spectra on both sides) not evaluated as a pair shows that missing-spectrum setting's result when ``settings``
+    holds it."""
+    def order(sides: set[tuple[str, ...]]) -> list[tuple[str, ...]]:
+        return sorted(sides, key=lambda s: (len(s), [SPECTRA.index(x) for x in s]))
 
     rows, cols = order({p.query for p in pairs}), order({p.gallery for p in pairs})
-    cell: dict[tuple[str, str], float] = {(side_name(p.query), side_name(p.gallery)): cross[p.name][metric]
-                                          for p in pairs if p.name in cross}
+    values = np.full((len(rows), len(cols)), np.nan)
+    for i, side in enumerate(rows):
+        if side in cols and settings and side_setting(side) in settings:
+            values[i, cols.index(side)] = settings[side_setting(side)][metric]
     for p in pairs:
-        for side, setting in ((p.query, p.query_setting), (p.gallery, p.gallery_setting)):
-            name = side_name(side)
-            if name in rows and name in cols and settings and setting in settings:
-                cell.setdefault((name, name), settings[setting][metric])
+        if p.name in cross:
+            values[rows.index(p.query), cols.index(p.gallery)] = cross[p.name][metric]
+    return [side_name(r) for r in rows], [side_name(c) for c in cols], values
+
+
+def format_cross_matrix(cross: Mapping[str, Mapping[str, float]], pairs: Sequence[CrossPair],
+                        settings: Mapping[str, Mapping[str, float]] | None = None, metric: str = "mAP") -> str:
+    """:func:`cross_matrix` as text, in percent; cells not evaluated show "-"."""
+    rows, cols, values = cross_matrix(cross, pairs, settings, metric)
     corner = "query \\ gallery"
     first = max(len(corner), *(len(r) for r in rows)) + 2
     width = max(8, *(len(c) + 2 for c in cols))
     lines = [f"{metric} (%), query spectra (rows) x gallery spectra (columns)",
              f"{corner:<{first}}" + "".join(f"{c:>{width}}" for c in cols)]
-    for r in rows:
-        values = [f"{100 * cell[(r, c)]:.1f}" if (r, c) in cell else "-" for c in cols]
-        lines.append(f"{r:<{first}}" + "".join(f"{v:>{width}}" for v in values))
+    for r, row in zip(rows, values):
+        cells = ["-" if np.isnan(v) else f"{100 * v:.1f}" for v in row]
+        lines.append(f"{r:<{first}}" + "".join(f"{v:>{width}}" for v in cells))
     return "\n".join(lines)
 
 

@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+import evaluation  # noqa: E402
 from tools.common import ToolError, parse_tool_args, run_tool, tool_config, tool_parser  # noqa: E402
-from utils.spectra import MISS_SETTINGS, SPECTRA, parse_cross, side_setting  # noqa: E402
+from utils.spectra import MISS_SETTINGS, parse_cross  # noqa: E402
 
 logger = logging.getLogger("tools.plot_results")
 
@@ -93,21 +94,10 @@ def read_cross(path: str) -> dict[str, dict[str, float]]:
 
 def cross_matrix(cross: Mapping[str, Mapping[str, float]], settings: Mapping[str, Mapping[str, float]]
                  ) -> tuple[list[str], list[str], np.ndarray]:
-    """(query sides, gallery sides, mAP in percent [rows, cols], NaN where not evaluated); a diagonal cell takes the
-    setting that keeps that side when ``settings`` has it."""
-    pairs = [p for name in cross for p in parse_cross(name)]
-
-    def order(sides: set) -> list[tuple[str, ...]]:
-        return sorted(sides, key=lambda s: (len(s), [SPECTRA.index(x) for x in s]))
-
-    rows, cols = order({p.query for p in pairs}), order({p.gallery for p in pairs})
-    values = np.full((len(rows), len(cols)), np.nan)
-    for p in pairs:
-        values[rows.index(p.query), cols.index(p.gallery)] = 100 * cross[p.name]["mAP"]
-    for i, side in enumerate(rows):
-        if side in cols and side_setting(side) in settings:
-            values[i, cols.index(side)] = 100 * settings[side_setting(side)]["mAP"]
-    return ["+".join(r) for r in rows], ["+".join(c) for c in cols], values
+    """(query sides, gallery sides, mAP in percent [rows, cols], NaN where not evaluated) of a results file's
+    ``"cross"`` section: :func:`evaluation.cross_matrix` of its pairs."""
+    rows, cols, values = evaluation.cross_matrix(cross, [p for name in cross for p in parse_cross(name)], settings)
+    return rows, cols, 100 * values
 
 
 def plot_cross(cross: Mapping[str, Mapping[str, float]], settings: Mapping[str, Mapping[str, float]], title: str,
