@@ -4,7 +4,9 @@
 evaluates the seven missing-spectrum settings in one pass over the test set and prints the paper's table.
 ``TEST.CROSS all`` (or ``'RGB->TI, RGB+NI->TI'``) adds the cross-spectral pairs to the same pass and prints the query
 x gallery mAP matrix. Results go to ``OUTPUT_DIR/results.json`` (and ``features.npz`` with
-``TEST.SAVE_FEATURES True``).
+``TEST.SAVE_FEATURES True``). When ``OUTPUT_DIR`` holds a training run (its ``config.yaml`` and ``last.pth`` or
+``train_log.txt``: the config's own OUTPUT_DIR), they go to ``OUTPUT_DIR/test_<checkpoint name>/`` instead, so the
+run's own ``results.json`` (what sweeps and tables read) is never replaced.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def evaluation_dir(output_dir: str, weight: str) -> str:
+    """Where test_net.py writes: ``output_dir``, or ``output_dir/test_<checkpoint stem>`` when it holds a run."""
+    from processor.trainer import holds_training_run
+
+    if not holds_training_run(output_dir):
+        return output_dir
+    return os.path.join(output_dir, f"test_{os.path.splitext(os.path.basename(weight))[0]}")
+
+
 def run(cfg) -> dict:
     import numpy as np
 
@@ -43,7 +54,10 @@ def run(cfg) -> dict:
     pairs = cross_pairs(cfg.TEST.CROSS, predictor.model)  # so does a pair this model cannot evaluate
     split = build_query_gallery(cfg)
     # Only now that the weights fit is anything written.
-    setup_logger(cfg.OUTPUT_DIR, 0, "test_log.txt")
+    out_dir = evaluation_dir(cfg.OUTPUT_DIR, cfg.TEST.WEIGHT)
+    setup_logger(out_dir, 0, "test_log.txt")
+    if out_dir != cfg.OUTPUT_DIR:
+        logger.info("OUTPUT_DIR %s holds a training run: this evaluation is written to %s", cfg.OUTPUT_DIR, out_dir)
     logger.info("versions %s, device %s, commit %s", versions(), device_description(predictor.device), git_commit())
     logger.info("evaluating %s on %s, settings: %s", cfg.TEST.WEIGHT, cfg.DATASETS.NAMES, ", ".join(settings))
     extracted = predictor.extract(predictor.loader(split.records), extraction_settings(settings, pairs))
@@ -53,11 +67,11 @@ def run(cfg) -> dict:
     if cross:
         logger.info("cross-spectral evaluation (query side -> gallery side):\n%s\n%s", format_table(cross),
                     format_cross_matrix(cross, pairs, results))
-    write_results(os.path.join(cfg.OUTPUT_DIR, "results.json"), results, cfg, cfg.TEST.WEIGHT, predictor.epoch,
+    write_results(os.path.join(out_dir, "results.json"), results, cfg, cfg.TEST.WEIGHT, predictor.epoch,
                   predictor.device, cross)
     if cfg.TEST.SAVE_FEATURES:
         arrays = {f"feat_{s}": f.numpy() for s, f in extracted.feats.items()}
-        write_npz(os.path.join(cfg.OUTPUT_DIR, "features.npz"), names=np.array(extracted.names), pids=extracted.pids,
+        write_npz(os.path.join(out_dir, "features.npz"), names=np.array(extracted.names), pids=extracted.pids,
                   camids=extracted.camids, sceneids=extracted.sceneids, num_query=np.array(split.num_query), **arrays)
     return results
 

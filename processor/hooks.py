@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from evaluation import format_cross_matrix, format_table
 from processor.inference import cross_pairs, eval_amp, extract_features, extraction_settings, score, write_results
-from utils import distributed as du
 from utils.checkpoint import save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -132,7 +131,7 @@ class EvalHook(HookBase):
         cfg = t.cfg
         pairs = cross_pairs(cfg.TEST.CROSS, t.model)
         extracted = extract_features(t.model, t.data.test_loader, t.device, extraction_settings(t.settings, pairs),
-                                     eval_amp(cfg, t.device), t.amp_dtype)
+                                     eval_amp(cfg, t.device), t.amp_dtype, check_stop=t.check_stop)
         if not t.main:
             return {}
         results, cross = score(extracted, t.data.num_query, t.data.dataset.junk_key, cfg, t.settings, pairs)
@@ -156,7 +155,7 @@ class EvalHook(HookBase):
             logger.info("new best mAP %.1f%% at epoch %d -> best.pth (selected on the test set)",
                         100 * primary["mAP"], t.epoch)
         write_results(os.path.join(t.output_dir, "results.json"), results, cfg,
-                      os.path.join(t.output_dir, "last.pth"), t.epoch, t.device, cross)
+                      os.path.join(t.output_dir, "last.pth"), t.epoch, t.device, cross, source="training")
         return results
 
     def after_train(self) -> None:
@@ -175,36 +174,43 @@ class PeriodicCheckpointer(HookBase):
 
     def after_epoch(self) -> None:
         t = self.trainer
-        t.save_last()
+        t.save_last(epoch_finished=True)
         if t.main and self.period > 0 and t.epoch % self.period == 0:
             save_checkpoint(os.path.join(t.output_dir, f"epoch_{t.epoch}.pth"), t.model_payload())
 
 
 class StopOnSignal(HookBase):
-    """SIGTERM / SIGINT (Slurm pre-emption, Ctrl-C) or :meth:`Trainer.request_stop`: the current step finishes,
-    ``last.pth`` is written, and the run ends with :class:`TrainingInterrupted` (exit code 128 + signal). Under
-    torchrun the ranks agree to stop at the same step."""
+    """A stop signal or :meth:`Trainer.request_stop`: ``last.pth`` is written and the run ends with
+    :class:`TrainingInterrupted` (exit code 128 + signal), soon enough for a cluster's warning before a kill.
 
-    signals = (signal.SIGTERM, signal.SIGINT)
+    Signals: SIGTERM (Slurm pre-emption, ``scancel``, ``scontrol requeue``), SIGINT (Ctrl-C), SIGUSR1 and SIGUSR2
+    (the time-limit warnings clusters send with ``--signal``; submitit's is SIGUSR2 90 s before the limit). During
+    training the current step finishes first; during the end-of-epoch evaluation the stop comes at the next test
+    batch and the resumed run evaluates again; after the epoch's checkpoints it comes at once. After the last
+    epoch's end there is nothing left to save and the run ends normally. Under torchrun the ranks agree to stop at
+    the same step."""
+
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
     def before_train(self) -> None:
         self.previous = {sig: signal.signal(sig, self._on_signal) for sig in self.signals}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.trainer.stop_signal is None:
-            logger.warning("received %s: finishing the current step, then saving last.pth",
+            logger.warning("received %s: stopping after the current step (or test batch), then saving last.pth",
                            signal.Signals(signum).name)
         self.trainer.request_stop(signum)
 
     def after_step(self) -> None:
+        self.trainer.check_stop()
+
+    def after_epoch(self) -> None:
         t = self.trainer
-        flag = t.stop_signal is not None
-        if du.is_distributed():
-            v = torch.tensor([1.0 if flag else 0.0], device=t.device)
-            torch.distributed.all_reduce(v, op=torch.distributed.ReduceOp.MAX)
-            flag = bool(v.item())
-        if flag:
-            t.interrupt(t.stop_signal or signal.SIGTERM)
+        if t.epoch < t.max_epochs:
+            t.check_stop()
+        elif t.stop_signal is not None:
+            logger.warning("received %s after the last epoch's end: the run is complete",
+                           signal.Signals(t.stop_signal).name)
 
     def after_train(self) -> None:
         for sig, handler in self.previous.items():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,9 +133,12 @@ def batch_features(model: nn.Module, batch: dict, device: torch.device, missing:
 
 @torch.no_grad()
 def extract_features(model: nn.Module, loader: DataLoader, device: torch.device, settings: Sequence[str],
-                     amp: bool = False, amp_dtype: torch.dtype = torch.float16) -> ExtractedFeatures:
+                     amp: bool = False, amp_dtype: torch.dtype = torch.float16,
+                     check_stop: Callable[[], None] | None = None) -> ExtractedFeatures:
     """Test features of every setting for the whole loader. Under torchrun each rank takes every world-th batch
-    and rank 0 receives everything, in loader order."""
+    and rank 0 receives everything, in loader order. ``check_stop`` is called before each batch that every rank
+    has (it may raise to abandon the extraction, as training's stop does; under torchrun it must agree across
+    ranks)."""
     model = getattr(model, "module", model)
     was_training = model.training
     model.eval()
@@ -145,7 +148,10 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device,
     feats: dict[str, list[torch.Tensor]] = {s: [] for s in settings}
     order: list[int] = []
     pids, camids, sceneids, names = [], [], [], []
-    for batch_index, batch in _rank_batches(loader, rank, world):
+    common = len(loader) // world  # batches every rank takes: a collective in check_stop never waits on a rank
+    for k, (batch_index, batch) in enumerate(_rank_batches(loader, rank, world)):
+        if check_stop is not None and k < common:
+            check_stop()
         order.append(batch_index)
         for name, f in batch_features(model, batch, device, missing, amp, amp_dtype).items():
             feats[name].append(f)
@@ -188,11 +194,12 @@ def score(extracted: ExtractedFeatures, num_query: int, junk_key: str, cfg: CfgN
 
 
 def write_results(path: str, results: dict[str, dict[str, float]], cfg: CfgNode, checkpoint: str, epoch: int | None,
-                  device: torch.device, cross: dict[str, dict[str, float]] | None = None) -> None:
+                  device: torch.device, cross: dict[str, dict[str, float]] | None = None,
+                  source: str = "test") -> None:
     """``results.json``: metrics per setting (``"settings"``) and, when given, per cross-spectral pair
-    (``"cross"``: ``{"RGB->TI": {"mAP", "Rank-1", ...}}``), with what produced them (checkpoint, epoch, config,
-    commit, versions, device)."""
-    obj: dict = {"settings": results}
+    (``"cross"``: ``{"RGB->TI": {"mAP", "Rank-1", ...}}``), with what produced them (``"source"``: ``training``
+    for a run's own evaluation, ``test`` for test_net.py; checkpoint, epoch, config, commit, versions, device)."""
+    obj: dict = {"settings": results, "source": source}
     if cross:
         obj["cross"] = cross
     obj.update({"checkpoint": checkpoint, "epoch": epoch, "config": cfg.dump(), "commit": git_commit(),

@@ -2,9 +2,13 @@
 steps, with hooks around it for everything else (:mod:`processor.hooks`).
 
 What it guarantees:
-- ``last.pth`` is written atomically at the end of every epoch and when SIGTERM/SIGINT arrives (after the current
-  step); it holds everything needed to continue (model, optimiser, scheduler, scaler, epoch, iteration, RNG states,
-  config), and a resumed run on CPU reproduces the losses of an uninterrupted one.
+- ``last.pth`` is written atomically at the end of every epoch and when a stop signal arrives (SIGTERM, SIGINT,
+  SIGUSR1, SIGUSR2: after the current step, or at once during the end-of-epoch evaluation); it holds everything
+  needed to continue (model, optimiser, scaler, epoch, iteration, whether the epoch's end (evaluation,
+  checkpoints) is done, RNG states, config), and a resumed run on CPU reproduces the losses and evaluations of an
+  uninterrupted one. A stop after an epoch's last step, or during its evaluation, resumes into that epoch's end.
+- A resume may change the schedule and optimiser keys (the new values hold from the resumed epoch on, see
+  :mod:`configs.resume`); any other changed key is an error naming it.
 - A NaN/inf loss stops the run with a message; the previous ``last.pth`` is kept.
 - An OUTPUT_DIR that already holds a run is never overwritten unless resuming or OVERWRITE is set.
 - No per-iteration device synchronisation: loss terms are accumulated on the device and read once per log period.
@@ -23,6 +27,7 @@ from torch import nn
 from yacs.config import CfgNode
 
 from configs.config import save_config
+from configs.resume import RESUME_FREE, resume_changes
 from data.build import build_dataloader
 from data.gpu_augment import BatchAugment, build_batch_augment
 from data.samplers import skip_batches
@@ -33,6 +38,7 @@ from modeling.compile import compile_blocks
 from processor.hooks import EvalHook, HookBase, LRScheduler, MetricLogger, PeriodicCheckpointer, StopOnSignal
 from processor.inference import settings_for
 from solver import build_optimizer, build_scheduler, optimizer_kernel
+from solver.optimizer import load_optimizer_state
 from utils import distributed as du
 from utils.checkpoint import CheckpointError, safe_load, save_checkpoint
 from utils.env import amp_dtype, device_description, git_commit, resolve_device, versions
@@ -51,6 +57,12 @@ class RunExistsError(RuntimeError):
 
 class TrainingInterrupted(SystemExit):
     """Raised after a stop request once ``last.pth`` is written; the exit code is 128 + signal number."""
+
+
+def holds_training_run(folder: str) -> bool:
+    """Whether ``folder`` is a training run's OUTPUT_DIR (its config.yaml beside last.pth or train_log.txt)."""
+    return os.path.isfile(os.path.join(folder, "config.yaml")) and any(
+        os.path.exists(os.path.join(folder, name)) for name in ("last.pth", "train_log.txt"))
 
 
 def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
@@ -122,6 +134,9 @@ class Trainer:
         self.step_outputs: dict[str, torch.Tensor] = {}
         self.step_samples = 0
         self.stop_signal: int | None = None
+        self.in_epoch_end = False  # the end-of-epoch hooks (evaluation, checkpoints) are running
+        self.end_rng: dict[str, Any] | None = None  # RNG states when the epoch's last step was done
+        self.saved_state: tuple[int, int, bool] | None = None  # (epoch, iteration, epoch_finished) of last.pth
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         if self.resume:
             self.load_last()
@@ -167,12 +182,19 @@ class Trainer:
                 self.iteration = skip
                 self.sampler_epoch()
                 self._call("before_epoch")
-                self.train_model.train()
-                self._nonfinite.zero_()
-                for batch in skip_batches(self.data.train_loader, skip):
-                    self.run_step(batch)
-                    self._call("after_step")
+                if skip < self.iters_per_epoch:
+                    self.train_model.train()
+                    self._nonfinite.zero_()
+                    for batch in skip_batches(self.data.train_loader, skip):
+                        self.run_step(batch)
+                        self._call("after_step")
+                else:
+                    logger.info("epoch %d: every step was done before the stop; running its end (evaluation, "
+                                "checkpoints)", epoch)
+                self.end_rng = rng_state()  # what a stop during the end-of-epoch hooks saves
+                self.in_epoch_end = True
                 self._call("after_epoch")
+                self.in_epoch_end = False
             return self.results
         finally:
             self._call("after_train")
@@ -217,17 +239,34 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------------------
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
-        """Stop after the current step: last.pth is written and :class:`TrainingInterrupted` raised."""
+        """Stop after the current step (or at once during the end-of-epoch evaluation): last.pth is written and
+        :class:`TrainingInterrupted` raised."""
         self.stop_signal = signum
 
+    def stop_requested(self) -> bool:
+        """Whether a stop was asked for; under torchrun, whether any rank was asked (all ranks must call it at the
+        same point). The ranks agree over a CPU process group: the device is never synchronised."""
+        flag = self.stop_signal is not None
+        return du.any_rank(flag) if du.is_distributed() else flag
+
+    def check_stop(self) -> None:
+        """Interrupt now if a stop was asked for (see :meth:`interrupt`)."""
+        if self.stop_requested():
+            self.interrupt(self.stop_signal or signal.SIGTERM)
+
     def interrupt(self, signum: int) -> None:
+        """Write last.pth as things stand and raise :class:`TrainingInterrupted`. During the end-of-epoch hooks the
+        epoch is recorded as not finished: the resumed run runs them again, from the state the last step left."""
         if self.nonfinite_loss():
             raise FloatingPointError(f"loss became NaN/inf at epoch {self.epoch}; not saving last.pth over the last "
                                      f"good state")
-        self.save_last()
-        message = (f"interrupted by {signal.Signals(signum).name} at epoch {self.epoch}, iteration {self.iteration}; "
-                   f"state saved to {os.path.join(self.output_dir, 'last.pth')}. Resume with: python train_net.py "
-                   f"--config_file <the same config> OUTPUT_DIR {self.output_dir} --resume")
+        finished = self.saved_state is not None and self.saved_state == (self.epoch, self.iteration, True)
+        if not finished:
+            self.save_last(epoch_finished=False)
+        where = "during the end of" if self.in_epoch_end and not finished else "at"
+        message = (f"interrupted by {signal.Signals(signum).name} {where} epoch {self.epoch}, iteration "
+                   f"{self.iteration}; state saved to {os.path.join(self.output_dir, 'last.pth')}. Resume with: "
+                   f"python train_net.py --config_file <the same config> OUTPUT_DIR {self.output_dir} --resume")
         logger.warning(message)
         raise TrainingInterrupted(128 + int(signum))
 
@@ -237,17 +276,24 @@ class Trainer:
         return model_payload(self.model, self.cfg, self.data.num_classes, self.data.num_cameras, epoch=self.epoch,
                              commit=git_commit(), **sections)
 
-    def save_last(self) -> None:
-        """``last.pth``: the model and everything needed to continue after ``iteration`` steps of ``epoch``."""
+    def save_last(self, epoch_finished: bool) -> None:
+        """``last.pth``: the model and everything needed to continue after ``iteration`` steps of ``epoch``;
+        ``epoch_finished`` says whether the epoch's end (evaluation, checkpoints) is done. Written during that end,
+        it holds the RNG states of the epoch's last step, so the resumed run's end starts from the same states."""
+        rng = self.end_rng if self.in_epoch_end and not epoch_finished else rng_state()
         if self.main:
             save_checkpoint(os.path.join(self.output_dir, "last.pth"), self.model_payload(
                 optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                 scaler=self.scaler.state_dict(), iteration=self.iteration, global_step=self.global_step,
-                rng=rng_state(), best=self.best, dataset=self.cfg.DATASETS.NAMES,
+                epoch_finished=epoch_finished, rng=rng, best=self.best, dataset=self.cfg.DATASETS.NAMES,
                 **({"augment": self.augment.state_dict()} if self.augment is not None else {})))
+        self.saved_state = (self.epoch, self.iteration, epoch_finished)
         du.barrier()
 
     def load_last(self) -> None:
+        """Continue from ``last.pth``: weights, optimiser state, RNG states and position. The run's config is
+        compared with the saved one (:func:`configs.resume.resume_changes`); the schedule is the current config's,
+        so honoured changes hold from the resumed epoch on."""
         path = os.path.join(self.output_dir, "last.pth")
         state = safe_load(path)
         missing = [k for k in TRAINING_SECTIONS if k not in state]
@@ -257,22 +303,51 @@ class Trainer:
         if dataset is None and isinstance(state.get("config"), str):
             dataset = CfgNode.load_cfg(state["config"]).DATASETS.NAMES
         check_arch(state, self.cfg, path, extra={"DATASETS.NAMES": dataset} if dataset is not None else None)
+        epoch, iteration = int(state["epoch"]), int(state["iteration"])
+        length = self.epoch_length(epoch)
+        # Written before the end-of-epoch hooks were recorded: a full epoch counted as finished, as it was then.
+        finished = bool(state.get("epoch_finished", iteration >= length))
+        if epoch > self.max_epochs:
+            raise CheckpointError(f"{path} is at epoch {epoch}; SOLVER.MAX_EPOCHS = {self.max_epochs} ends the run "
+                                  f"before it (set SOLVER.MAX_EPOCHS {epoch} or more to continue it)")
+        if isinstance(state.get("config"), str):
+            self.report_changes(resume_changes(state["config"], self.cfg, path), epoch)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
+        # The scheduler's state is not loaded: the lr of an epoch is a function of the epoch and the current config.
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.best = dict(state.get("best", self.best))
         self.global_step = int(state.get("global_step", 0))
-        epoch, iteration = int(state["epoch"]), int(state["iteration"])
-        if iteration >= self.epoch_length(epoch):
+        if iteration >= length and finished:
             self.start_epoch, self.start_iteration = epoch + 1, 0
         else:
-            self.start_epoch, self.start_iteration = epoch, iteration
+            self.start_epoch, self.start_iteration = epoch, min(iteration, length)
         set_rng_state(state["rng"])
         if self.augment is not None and "augment" in state:
             self.augment.load_state_dict(state["augment"])
-        logger.info("resumed from %s: epoch %d, iteration %d", path, self.start_epoch, self.start_iteration)
+        self.saved_state = (epoch, iteration, finished)
+        logger.info("resumed from %s: epoch %d, iteration %d%s", path, self.start_epoch, self.start_iteration,
+                    " (the steps are done; its evaluation and checkpoints are not)"
+                    if self.start_iteration >= length and not finished else "")
+
+    def report_changes(self, changes: list[tuple[str, Any, Any]], epoch: int) -> None:
+        """Log the keys a resume changes; when a key that affects training changed, the run folder's config.yaml
+        becomes the new config and the previous one is kept as ``config.until_epoch<N>.yaml``."""
+        honoured = [c for c in changes if c[0] not in RESUME_FREE]
+        for key, old, new in changes:
+            if key in RESUME_FREE:
+                logger.info("resume: %s %r -> %r", key, old, new)
+        if not honoured:
+            return
+        logger.warning("resuming with changed settings, which hold from epoch %d on as if the run had been "
+                       "started with them (the schedule is planned with the new values): %s", epoch + 1,
+                       "; ".join(f"{k} {old!r} -> {new!r}" for k, old, new in honoured))
+        if self.main:
+            current = os.path.join(self.output_dir, "config.yaml")
+            if os.path.exists(current):
+                os.replace(current, os.path.join(self.output_dir, f"config.until_epoch{epoch}.yaml"))
+            save_config(self.cfg, current)
 
     def evaluate(self) -> dict[str, Any]:
         """Evaluate the configured settings now (as the evaluation hook does after an epoch)."""

@@ -83,3 +83,29 @@ def optimizer_kernel(optimizer: torch.optim.Optimizer) -> str:
     if options.get("fused"):
         return "fused"
     return "foreach" if options.get("foreach") else "for-loop"
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Restore the per-parameter state (momentum buffers, Adam moments) of ``saved`` into ``optimizer``, matched by
+    parameter name, and keep ``optimizer``'s own hyperparameters (lr, weight decay, momentum, groups).
+
+    ``torch.optim.Optimizer.load_state_dict`` would also bring back the saved groups' hyperparameters, so a run
+    resumed with a new ``SOLVER.WEIGHT_DECAY`` or ``BACKBONE_LR_FACTOR`` would silently keep the old ones, and a new
+    grouping (a backbone factor moving from 1, which shares the groups, to 0.1) would not load at all. Parameters
+    the saved state does not know start with an empty state, as in a new run."""
+    by_name: dict[str, Any] = {}
+    for group in saved["param_groups"]:
+        names = group.get("param_names")
+        if names is None or len(names) != len(group["params"]):
+            raise ValueError("the saved optimiser state does not name its parameters (param_names); it was not "
+                             "written by this project")
+        for index, name in zip(group["params"], names):
+            if index in saved["state"]:
+                by_name[name] = saved["state"][index]
+    current = optimizer.state_dict()
+    state = {}
+    for group in current["param_groups"]:
+        for index, name in zip(group["params"], group["param_names"]):
+            if name in by_name:
+                state[index] = by_name[name]
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})

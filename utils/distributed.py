@@ -8,6 +8,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+_CONTROL_GROUP: Any = None  # a gloo group for small CPU collectives (the stop flag) when the default is NCCL
+
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """Join the process group when launched by torchrun; return (rank, world_size). (0, 1) otherwise."""
@@ -18,6 +20,9 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend=backend)
+    global _CONTROL_GROUP
+    if _CONTROL_GROUP is None:  # created by every rank at the same point, as new_group requires
+        _CONTROL_GROUP = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -38,6 +43,14 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is set on any rank: a max-reduction of one CPU number over the gloo control group, which
+    never waits for the device (an NCCL reduction would need the flag on the GPU and a synchronisation to read it)."""
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_CONTROL_GROUP)
+    return bool(value.item())
+
+
 def all_gather_object(obj: Any) -> list[Any]:
     if not is_distributed():
         return [obj]
@@ -47,5 +60,7 @@ def all_gather_object(obj: Any) -> list[Any]:
 
 
 def cleanup() -> None:
+    global _CONTROL_GROUP
+    _CONTROL_GROUP = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
