@@ -223,7 +223,8 @@ def write_csv(table: Table, path: str) -> None:
 
 
 def plot(table: Table, path: str) -> None:
-    """Bars of mAP and Rank-1 per setting, one bar per row, error bars = std over seeds, published as black ticks."""
+    """Bars of mAP and Rank-1 per setting, one bar per row, error bars = std over seeds (none below two seeds),
+    published as black ticks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,10 +237,13 @@ def plot(table: Table, path: str) -> None:
         for ax, metric in zip(axes, SHOWN_METRICS):
             for k, row in enumerate(table.rows):
                 stats = [row.stats.get(s, {}).get(metric) for s in table.settings]
-                means = [st.mean if st and st.n else np.nan for st in stats]
-                errs = [st.std if st and st.std is not None else 0.0 for st in stats]
+                means = np.array([st.mean if st and st.n else np.nan for st in stats])
                 offset = x + (k - (len(table.rows) - 1) / 2) * width
-                ax.bar(offset, means, width, yerr=errs, capsize=2, label=f"{row.name} (n={len(row.finished)})")
+                ax.bar(offset, means, width, label=f"{row.name} (n={len(row.finished)})")
+                spread = [i for i, st in enumerate(stats) if st and st.std is not None]  # one seed: no error bar
+                if spread:
+                    ax.errorbar(offset[spread], means[spread], yerr=[stats[i].std for i in spread], fmt="none",
+                                ecolor="black", capsize=2)
                 pubs = [row.published.get(s, {}).get(metric, np.nan) for s in table.settings]
                 if not np.all(np.isnan(pubs)):
                     ax.scatter(offset, pubs, marker="_", s=200, color="black", zorder=3,

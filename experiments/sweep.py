@@ -77,6 +77,7 @@ STATE_FILE = "sweep_state.json"
 PID_FILE = ".sweep_run.json"
 MAX_ATTEMPTS = 2  # per run and invocation: the first try and one retry
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # LocalExecutor's default is 2 minutes
+JOB_SETUP = f"export PYTHONPATH={shlex.quote(REPO_ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"  # first shell line of a job
 STOP_WAIT_S = 120.0  # how long a stopped run may take to write last.pth
 INTERRUPT_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT)
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*$")
@@ -470,14 +471,21 @@ class LaunchOptions:
     poll_s: float = 1.0
 
 
-def visible_gpus() -> list[int]:
-    """GPU indices this process may hand out (CUDA_VISIBLE_DEVICES, else every device torch sees)."""
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand out, as CUDA_VISIBLE_DEVICES names them (indices, ``GPU-<uuid>``, ``MIG-...``),
+    else every device torch sees by index. As CUDA does, the list ends at the first entry that names no device (empty,
+    ``-1``, ...): ``""`` and ``"-1"`` mean no GPU."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
-        return [int(x) for x in env.split(",") if x.strip().isdigit()]
+        gpus = []
+        for entry in (x.strip() for x in env.split(",")):
+            if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+                break
+            gpus.append(entry)
+        return gpus
     import torch
 
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
 def default_gpus_per_run(options: LaunchOptions) -> int:
@@ -489,10 +497,10 @@ def default_gpus_per_run(options: LaunchOptions) -> int:
 def make_executor(options: LaunchOptions, folder: str, name: str) -> Any:
     """submitit's LocalExecutor or its Slurm executor, parameterised for one run per job."""
     gpus = default_gpus_per_run(options)
-    setup = [f"export PYTHONPATH={shlex.quote(REPO_ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    setup = [JOB_SETUP]
     if options.executor == "local":
         executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=options.time_min or LOCAL_TIMEOUT_MIN, setup=setup)
+        executor.update_parameters(timeout_min=options.time_min or LOCAL_TIMEOUT_MIN, **local_slot_parameters(()))
         return executor
     if options.executor != "slurm":
         raise SweepError(f"--executor {options.executor!r}: use local or slurm")
@@ -512,7 +520,15 @@ def make_executor(options: LaunchOptions, folder: str, name: str) -> Any:
     return executor
 
 
-def _slots(options: LaunchOptions, gpus_per_run: int) -> list[tuple[int, ...]]:
+def local_slot_parameters(slot: tuple[str, ...]) -> dict[str, Any]:
+    """LocalExecutor parameters that give a job the GPUs of ``slot`` (none for an empty slot), named as in the
+    sweep's own CUDA_VISIBLE_DEVICES. submitit's ``visible_gpus`` takes integer indices only, so the names (UUIDs and
+    MIG names included) are exported by the job's setup as they are, over the empty list submitit sets for
+    ``gpus_per_node=0``."""
+    return {"gpus_per_node": 0, "setup": [JOB_SETUP, f"export CUDA_VISIBLE_DEVICES={shlex.quote(','.join(slot))}"]}
+
+
+def _slots(options: LaunchOptions, gpus_per_run: int) -> list[tuple[str, ...]]:
     """Local GPU sets, one per run at a time (CPU: one empty set, or --max-parallel of them)."""
     gpus = visible_gpus() if gpus_per_run else []
     slots = [tuple(gpus[i:i + gpus_per_run]) for i in range(0, len(gpus) - gpus_per_run + 1, gpus_per_run)] \
@@ -611,7 +627,7 @@ def launch(sweep: Sweep, runs: Sequence[Run], root: str, options: LaunchOptions)
             while queue and free and stop.signum is None:
                 run, slot = queue.pop(0), free.pop(0)
                 if options.executor == "local":
-                    executor.update_parameters(gpus_per_node=len(slots[slot]), visible_gpus=slots[slot])
+                    executor.update_parameters(**local_slot_parameters(slots[slot]))
                 resume = run_state(run).state == "partial"
                 job = executor.submit(TrainRun(run))
                 tries[run.key] = tries.get(run.key, 0) + 1

@@ -12,7 +12,8 @@ training checkpoints wrap it in ``state_dict`` with ``module.``) are renamed by 
 (``timm.models.vision_transformer._convert_openai_clip``), which turns the projection ``proj`` into ``head.*`` (then
 dropped, and reported) and leaves the text tower out; open_clip files with a timm trunk (``visual.trunk.*``) lose
 the prefix. OpenAI's ``ViT-B-16.pt`` is a TorchScript archive, which is never loaded here: ``tools/convert_clip.py``
-turns it into a safetensors file once.
+turns it into a safetensors file once. A file converted by that tool, or any file in the OpenAI layout, loaded into a
+GELU tower gets a warning naming the QuickGELU variant (OpenAI's CLIP was trained with QuickGELU).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ _CLASSIFIER_PREFIXES = ("head.", "head_dist.", "pre_logits.", "fc.")
 _DISTILLATION = ("dist_token",)
 _NOT_IN_IMAGENET = ("sie_embed",)  # parameters of this project that ImageNet files never hold
 _OPEN_CLIP_TRUNK = "visual.trunk."
+OPENAI_LAYOUT = "OpenAI CLIP layout"
 # Safetensors metadata written by tools/convert_clip.py: the activation the weights were trained with.
 ACTIVATION_METADATA = "activation"
 
@@ -48,18 +50,19 @@ def clip_to_timm(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
         if f"{prefix}class_embedding" in state:
             # timm's conversion reads only the keys (the model argument is unused by it)
             converted = _convert_openai_clip(dict(state), None, prefix=prefix)  # type: ignore[arg-type]
-            return converted, [k for k in state if not k.startswith(prefix)], "OpenAI CLIP layout"
+            return converted, [k for k in state if not k.startswith(prefix)], OPENAI_LAYOUT
     if any(k.startswith(_OPEN_CLIP_TRUNK) for k in state):
         return ({k[len(_OPEN_CLIP_TRUNK):]: v for k, v in state.items() if k.startswith(_OPEN_CLIP_TRUNK)},
                 [k for k in state if not k.startswith(_OPEN_CLIP_TRUNK)], "open_clip timm-trunk layout")
     return dict(state), [], ""
 
 
-def unwrap_imagenet_state_dict(obj: Mapping[str, Any], path: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The backbone state_dict inside a file and the keys dropped from it: wrappers removed, ``module.`` stripped,
-    classifier and distillation token dropped (a distilled file's position table loses its second row)."""
+def unwrap_imagenet_state_dict(obj: Mapping[str, Any], path: str) -> tuple[dict[str, torch.Tensor], list[str], str]:
+    """The backbone state_dict inside a file, the keys dropped from it and the file's CLIP layout (see
+    :func:`clip_to_timm`): wrappers removed, ``module.`` stripped, classifier and distillation token dropped (a
+    distilled file's position table loses its second row)."""
     state = unwrap_state_dict(obj, f"{path} (MODEL.PRETRAIN_PATH_T)", wrappers=_WRAPPERS, tensors_only=True)
-    state, other_tower, _ = clip_to_timm(state)
+    state, other_tower, layout = clip_to_timm(state)
     distilled = "dist_token" in state
     dropped = [k for k in state if k.startswith(_CLASSIFIER_PREFIXES) or k in _DISTILLATION]
     state = {k: v for k, v in state.items() if k not in dropped}
@@ -67,7 +70,7 @@ def unwrap_imagenet_state_dict(obj: Mapping[str, Any], path: str) -> tuple[dict[
     if distilled and "pos_embed" in state:
         pos = state["pos_embed"]
         state["pos_embed"] = torch.cat([pos[:, :1], pos[:, 2:]], dim=1)  # rows: CLS, distillation, patches
-    return state, dropped
+    return state, dropped, layout
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid_size: tuple[int, int], path: str = "") -> torch.Tensor:
@@ -94,7 +97,7 @@ def load_imagenet_weights(backbones: Mapping[str, nn.Module], path: str) -> None
     except CheckpointError as err:
         raise CheckpointError(f"{err} (MODEL.PRETRAIN_PATH_T; ImageNet weights are never downloaded, place the file "
                               "there or set MODEL.PRETRAIN_CHOICE none)") from None
-    source, dropped = unwrap_imagenet_state_dict(raw, path)
+    source, dropped, layout = unwrap_imagenet_state_dict(raw, path)
     activation = _file_activation(path)  # read once, checked per backbone
     distinct: dict[int, tuple[nn.Module, list[str]]] = {}
     for spectrum, backbone in backbones.items():
@@ -124,7 +127,7 @@ def load_imagenet_weights(backbones: Mapping[str, nn.Module], path: str) -> None
             if dropped else "",
             f"unused in the file: {summarize_keys(unexpected)}" if unexpected else "",
             f"not in the file (initialised here): {', '.join(absent)}" if absent else ""]))
-        _check_activation(path, activation, backbone)
+        _check_activation(path, activation, layout, backbone)
     names = ", ".join("/".join(spectra) + (" (one shared backbone)" if len(spectra) > 1 else "")
                       for _, spectra in distinct.values())
     logger.info("ImageNet weights %s -> backbones %s: %s", path, names, report)
@@ -140,9 +143,22 @@ def _file_activation(path: str) -> str | None:
         return (f.metadata() or {}).get(ACTIVATION_METADATA)
 
 
-def _check_activation(path: str, activation: str | None, backbone: nn.Module) -> None:
-    """Warn when a file converted by tools/convert_clip.py (QuickGELU, OpenAI's CLIP) goes into a GELU backbone."""
-    if activation == "quick_gelu" and not any(isinstance(m, QuickGELU) for m in backbone.modules()):
+def _check_activation(path: str, activation: str | None, layout: str, backbone: nn.Module) -> None:
+    """Warn when weights that OpenAI's CLIP trained with QuickGELU may be going into a GELU backbone.
+
+    A file converted by tools/convert_clip.py records the activation, so the warning is certain. A file in the OpenAI
+    layout (OpenAI's own state_dict, or an open_clip checkpoint of the OpenAI model) holds the same keys as open_clip's
+    own (LAION) weights of that architecture, which were trained with GELU and belong in this backbone: the keys cannot
+    tell the two apart, so every such file warns, naming both cases. A timm-layout file records nothing of the kind and
+    does not warn, although it may hold OpenAI's weights too (timm's ``vit_base_patch16_clip_224.openai``)."""
+    if any(isinstance(m, QuickGELU) for m in backbone.modules()):
+        return
+    if activation == "quick_gelu":
         logger.warning("%s holds weights trained with QuickGELU (OpenAI's CLIP), but the %s backbone uses GELU: use "
                        "the *_clip_quickgelu_* name (vit_base_patch16_clip_quickgelu_224 for ViT-B/16) to keep the "
                        "activation the weights were trained with", path, backbone.name)
+    elif activation is None and layout == OPENAI_LAYOUT:
+        logger.warning("%s is in the OpenAI / open_clip CLIP layout and goes into the %s backbone, which uses GELU: if "
+                       "these are OpenAI's CLIP weights (trained with QuickGELU), use the *_clip_quickgelu_* name "
+                       "(vit_base_patch16_clip_quickgelu_224 for ViT-B/16); open_clip's own (LAION) weights in this "
+                       "layout were trained with GELU and fit this backbone", path, backbone.name)

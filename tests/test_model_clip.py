@@ -137,6 +137,62 @@ def test_layouts_load_to_the_same_backbone(tmp_path, caplog, layout):
         assert "text_projection" in message  # the text tower is left out, and said so
 
 
+def _save_layout(tmp_path, layout: str) -> str:
+    """A tiny CLIP tower saved in one layout; the file names say nothing true about the weights on purpose."""
+    timm_state = tiny_timm_clip()
+    openai = to_openai(timm_state)
+    if layout == "openai_pth":  # OpenAI's state_dict, or open_clip's model.state_dict() of the OpenAI model
+        path = tmp_path / "vit_base_patch16_clip_224.laion.pth"
+        torch.save(openai, path)
+    elif layout == "openai_wrapped":
+        path = tmp_path / "weights.pt"
+        torch.save({"state_dict": {f"module.{k}": v for k, v in openai.items()}}, path)
+    elif layout == "open_clip_training":
+        path = tmp_path / "epoch_32.pt"
+        torch.save({"epoch": 32, "name": "ViT-B-16", "state_dict": {f"module.{k}": v for k, v in openai.items()}},
+                   path)
+    elif layout == "openai_safetensors":
+        path = tmp_path / "open_clip_model.safetensors"
+        save_file(openai, str(path))
+    elif layout == "openai_visual_only":  # the image tower's own state_dict: no ``visual.`` prefix
+        path = tmp_path / "visual.pth"
+        torch.save({k[len("visual."):]: v for k, v in openai.items() if k.startswith("visual.")}, path)
+    elif layout == "timm_pth":
+        path = tmp_path / "ViT-B-16-openai.pth"
+        torch.save(timm_state, path)
+    else:
+        path = tmp_path / "ViT-B-16-openai.safetensors"
+        save_file(timm_state, str(path))
+    return str(path)
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("layout", ["openai_pth", "openai_wrapped", "open_clip_training", "openai_safetensors",
+                                    "openai_visual_only"])
+def test_openai_layout_in_a_gelu_tower_warns_naming_quickgelu(tmp_path, caplog, layout):
+    path = _save_layout(tmp_path, layout)
+    with caplog.at_level(logging.WARNING, logger="modeling.pretrained"):
+        load_imagenet_weights({"RGB": tiny_backbone()}, path)
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert path in warnings[0] and "QuickGELU" in warnings[0] and "vit_base_patch16_clip_quickgelu_224" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="modeling.pretrained"):  # the tower OpenAI's weights belong in
+        load_imagenet_weights({"RGB": tiny_backbone("vit_base_patch16_clip_quickgelu_224")}, path)
+    assert not _warnings(caplog)
+
+
+@pytest.mark.parametrize("layout", ["timm_pth", "timm_safetensors"])
+def test_timm_layout_in_a_gelu_tower_does_not_warn(tmp_path, caplog, layout):
+    path = _save_layout(tmp_path, layout)
+    with caplog.at_level(logging.WARNING, logger="modeling.pretrained"):
+        load_imagenet_weights({"RGB": tiny_backbone()}, path)
+    assert not _warnings(caplog)
+
+
 def _torchscript_clip(path, state: dict[str, torch.Tensor]) -> None:
     """A TorchScript archive whose state_dict holds ``state`` under the same names (as OpenAI's ViT-B-16.pt)."""
 

@@ -23,7 +23,9 @@ import pytest
 import yaml
 
 from configs import load_config
-from experiments import LaunchOptions, SweepError, collect, load_sweep, plan_runs, run_state
+from experiments import LaunchOptions, Sweep, SweepError, collect, launch, load_sweep, plan_runs, run_state
+from experiments import sweep as sweep_module
+from experiments.collect import RowResult, Stat, Table, markdown, plot
 from experiments.sweep import PID_FILE, Run, TrainRun, dry_run, make_executor
 from tests.helpers import tiny_opts
 from utils.spectra import MISS_SETTINGS
@@ -190,6 +192,41 @@ def test_table_is_mean_and_sample_std_of_the_last_epoch(session_sweep):
     assert (root / "table.csv").read_bytes() == before
 
 
+def test_one_seed_has_no_error_bar_and_no_plus_minus(tmp_path, monkeypatch):
+    import matplotlib.figure
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    rows = [RowResult("one", "", [0, 1], finished=[0],
+                      stats={"nothing": {"mAP": Stat([50.0]), "Rank-1": Stat([60.0])}}),
+            RowResult("two", "", [0, 1], finished=[0, 1],
+                      stats={"nothing": {"mAP": Stat([50.0, 54.0]), "Rank-1": Stat([60.0, 62.0])}})]
+    table = Table("t", "s.yml", str(tmp_path), rows, ["nothing"])
+    text = markdown(table)
+    assert "| one | 1/2 | 50.0 | 60.0 |" in text and "| two | 2/2 | 52.0 ± 2.8 | 61.0 ± 1.4 |" in text
+
+    figures = []  # the chart's figure, kept when it is saved
+    savefig = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    plot(table, str(tmp_path / "table.png"))
+    assert (tmp_path / "table.png").stat().st_size > 0
+    for ax, two_seeds in zip(figures[0].axes, ([50.0, 54.0], [60.0, 62.0])):  # mAP, Rank-1
+        centres = {c.get_label(): c.patches[0].get_x() + c.patches[0].get_width() / 2
+                   for c in ax.containers if isinstance(c, BarContainer)}
+        assert set(centres) == {"one (n=1)", "two (n=2)"}
+        bars = [segment for c in ax.containers if isinstance(c, ErrorbarContainer)
+                for lines in c.lines[2] for segment in lines.get_segments()]
+        assert len(bars) == 1, "an error bar is drawn for the one-seed row"
+        (x0, y0), (x1, y1) = bars[0]
+        assert x0 == x1 == pytest.approx(centres["two (n=2)"])
+        assert (y0 + y1) / 2 == pytest.approx(np.mean(two_seeds))
+        assert y1 - y0 == pytest.approx(2 * np.std(two_seeds, ddof=1))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Validation (no training).
 
@@ -299,6 +336,66 @@ def test_slurm_executor_and_multi_gpu_command(tmp_path, monkeypatch):
     assert run.command(resume=True, python="py")[:8] == ["py", "-m", "torch.distributed.run", "--standalone",
                                                          "--nproc_per_node", "4", "train_net.py", "--config_file"]
     assert run.command(resume=True, python="py")[9] == "--resume"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Local GPU slots: CUDA_VISIBLE_DEVICES by index, GPU UUID or MIG name.
+
+UUID_A = "GPU-5c9a7e3e-1b2c-4d5e-8f90-0123456789ab"
+UUID_B = "GPU-0d1e2f3a-4b5c-6d7e-8f90-abcdef012345"
+MIG_NEW = "MIG-4f2a9c1e-7b6d-5e4f-a3b2-c1d0e9f8a7b6"
+MIG_OLD = f"MIG-{UUID_A}/1/0"
+
+
+@pytest.mark.parametrize("env, gpus", [
+    (f"{UUID_A},{UUID_B}", [UUID_A, UUID_B]),
+    (f"{MIG_NEW},{MIG_OLD}", [MIG_NEW, MIG_OLD]),
+    ("0, 2", ["0", "2"]),
+    ("1,-1,2", ["1"]),  # CUDA stops at the first entry that names no device
+    ("", []),
+    ("-1", []),
+])
+def test_visible_gpus_keep_uuids_and_mig_names(monkeypatch, env, gpus):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
+    assert sweep_module.visible_gpus() == gpus
+    options = LaunchOptions("local")
+    assert sweep_module.default_gpus_per_run(options) == (1 if gpus else 0)
+    assert sweep_module._slots(options, sweep_module.default_gpus_per_run(options)) == ([(g,) for g in gpus] or [()])
+    if len(gpus) == 2:
+        assert sweep_module._slots(LaunchOptions("local", gpus_per_run=2), 2) == [tuple(gpus)]
+    else:
+        with pytest.raises(SweepError, match=f"--gpus-per-run 2: only {len(gpus)} GPU"):
+            sweep_module._slots(LaunchOptions("local", gpus_per_run=2), 2)
+
+
+class _EnvProbe:
+    """Stands for TrainRun in a launched job: records the job's CUDA_VISIBLE_DEVICES and finishes the run."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def __call__(self) -> dict:
+        folder = Path(self.run.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "cuda_visible_devices").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))
+        (folder / "results.json").write_text(json.dumps({"epoch": self.run.max_epochs, "settings": {}}))
+        return {"returncode": 0, "skipped": False, "resumed": False, "seconds": 0.0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env, expected", [(f"{UUID_A},{MIG_OLD}", [UUID_A, MIG_OLD]), ("", [""])])
+def test_local_runs_get_their_slot_as_cuda_visible_devices(tmp_path, monkeypatch, env, expected):
+    """Through launch and submitit's LocalExecutor: one run per slot at a time, each given its GPU as named."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
+    monkeypatch.setattr(sweep_module, "TrainRun", _EnvProbe)
+    root = tmp_path / "root"
+    gpus = sweep_module.default_gpus_per_run(LaunchOptions("local"))
+    runs = [Run("a", seed, str(root / "a" / f"seed{seed}"), "base.yml", (), 1, {}, gpus)
+            for seed in range(len(expected))]
+    options = LaunchOptions("local", poll_s=0.05)
+    state = launch(Sweep(str(tmp_path / "s.yml"), "s", (0, 1), {}), runs, str(root), options)
+    assert [state["runs"][r.key]["state"] for r in runs] == ["done"] * len(runs)
+    assert [(Path(r.output_dir) / "cuda_visible_devices").read_text() for r in runs] == expected
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from modeling.pretrained import ACTIVATION_METADATA, clip_to_timm  # noqa: E402
+from modeling.pretrained import ACTIVATION_METADATA, OPENAI_LAYOUT, clip_to_timm  # noqa: E402
 from utils.checkpoint import CheckpointError, is_torchscript_archive, safe_load, summarize_keys  # noqa: E402
 
 logger = logging.getLogger("tools.convert_clip")
@@ -59,7 +59,7 @@ def convert(source: str, output: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import save_file
 
     state, left_out, layout = clip_to_timm(read_clip_state(source))
-    if layout != "OpenAI CLIP layout":
+    if layout != OPENAI_LAYOUT:
         raise CheckpointError(f"{source}: not a CLIP model in the OpenAI layout (no visual.class_embedding); timm and "
                               "open_clip files need no conversion, give them to MODEL.PRETRAIN_PATH_T directly")
     tensors = {k: v.contiguous().clone() for k, v in state.items()}
