@@ -48,8 +48,10 @@ from typing import Any
 
 import submitit
 import yaml
+from submitit.core.utils import FailedJobError
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from experiments import slurm
 from utils.io import write_json
 from utils.spectra import MISS_SETTINGS
 
@@ -78,8 +80,13 @@ PID_FILE = ".sweep_run.json"
 MAX_ATTEMPTS = 2  # per run and invocation: the first try and one retry
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # LocalExecutor's default is 2 minutes
 JOB_SETUP = f"export PYTHONPATH={shlex.quote(REPO_ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"  # first shell line of a job
-STOP_WAIT_S = 120.0  # how long a stopped run may take to write last.pth
-INTERRUPT_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT)
+JOB_FILE = ".sweep_job.json"  # the Slurm job that owns a run folder: no other invocation, on any node, starts it
+# How long a stopped run may take to write last.pth: within the 90 s submitit asks Slurm to give between its
+# time-limit warning (SIGUSR2) and the kill, leaving time to requeue the job.
+STOP_WAIT_S = 60.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+INTERRUPT_CODES = tuple(128 + s for s in STOP_SIGNALS) + tuple(-s for s in STOP_SIGNALS)
+SLURM_POLL_S = 10.0  # between two queries of the queue
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*$")
 _ROW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -264,6 +271,12 @@ def plan_runs(sweep: Sweep, root: str, rows: Sequence[str] | None = None, seeds:
     if unknown:
         raise SweepError(f"{sweep.path}: no row(s) {unknown}; rows: {', '.join(sweep.rows)}")
     selected = [sweep.rows[r] for r in rows] if rows else list(sweep.rows.values())
+    if trailing:  # an invalid trailing pair is the command line's, not the first row's
+        first = selected[0].base
+        try:
+            load_config(first if os.path.isabs(first) else os.path.join(REPO_ROOT, first), list(trailing))
+        except ConfigError as err:
+            raise SweepError(f"command line: {err}") from None
     runs = []
     for row in selected:
         for seed in seeds if seeds is not None else sweep.seeds:
@@ -357,35 +370,67 @@ def run_state(run: Run) -> RunStatus:
 # ----------------------------------------------------------------------------------------------------------------------
 # The job: one train_net.py process, resumable after a Slurm pre-emption or time-out.
 
+def owning_job(output_dir: str) -> dict[str, Any] | None:
+    """The Slurm job recorded as owning ``output_dir`` (job id, submitit folder), if it is still queued or running."""
+    info = _read_json(os.path.join(output_dir, JOB_FILE))
+    if not info or not info.get("job_id"):
+        return None
+    job_id = str(info["job_id"])
+    return info if slurm.is_active(slurm.job_states([job_id])[job_id]) else None
+
+
+def _child_exited(proc: subprocess.Popen) -> bool:
+    """Whether the child has exited, without reaping it nor taking Popen's lock (which the job's main thread may
+    hold in its own wait when a signal handler asks)."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped meanwhile
+        return True
+
+
 class TrainRun(Checkpointable):
     """Runs ``train_net.py`` for one run (resuming it if its folder holds ``last.pth``) and returns its exit code.
 
-    On pre-emption or time-out submitit calls :meth:`checkpoint`: the process is asked to stop (SIGTERM: it finishes
-    the step and writes ``last.pth``) and the same run is requeued; the requeued job resumes from the folder.
+    On pre-emption or time-out (SIGUSR2 from Slurm, which ``train_net.py`` receives too and answers by finishing the
+    step, or leaving the evaluation, and writing ``last.pth``) submitit calls :meth:`checkpoint`: it waits for the
+    process to stop (at most :data:`STOP_WAIT_S`) and the same run is requeued; the requeued job resumes from the
+    folder. A job that received SIGTERM (``scancel``, or ``scontrol requeue`` by someone else) is not requeued again
+    by itself. A folder owned by another live Slurm job is left alone.
     """
 
     def __init__(self, run: Run) -> None:
         self.run = run
         self._proc: subprocess.Popen | None = None
+        self._terminated = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"run": self.run, "_proc": None}
+        return {"run": self.run, "_proc": None, "_terminated": False}
 
     def __call__(self) -> dict[str, Any]:
         status = run_state(self.run)
         if status.state == "done":
             return {"returncode": 0, "skipped": True, "resumed": False, "seconds": 0.0}
         if status.state == "running":
-            return {"returncode": None, "skipped": True, "resumed": False, "seconds": 0.0, "running": status.pid}
+            return {"returncode": None, "skipped": True, "resumed": False, "seconds": 0.0,
+                    "running": f"pid {status.pid}"}
+        owner = owning_job(self.run.output_dir)
+        if owner is not None and str(owner["job_id"]) != os.environ.get("SLURM_JOB_ID"):
+            return {"returncode": None, "skipped": True, "resumed": False, "seconds": 0.0,
+                    "running": f"Slurm job {owner['job_id']}"}
         resume = status.state == "partial"
         command = self.run.command(resume=resume, overwrite=status.restart)
         start = time.time()
         os.makedirs(self.run.output_dir, exist_ok=True)
         pid_file = os.path.join(self.run.output_dir, PID_FILE)
+        self._watch_sigterm()
         self._proc = subprocess.Popen(command, cwd=REPO_ROOT)
         write_json(pid_file, {"host": socket.gethostname(), "pid": self._proc.pid, "command": command})
         try:
-            returncode = self._proc.wait()
+            # Polled, not wait(): a signal handler (submitit's checkpoint) must be able to wait for the child too.
+            while (returncode := self._proc.poll()) is None:
+                time.sleep(0.5)
         except KeyboardInterrupt:  # the job was cancelled: let the run write last.pth before leaving
             self._stop()
             raise
@@ -395,16 +440,43 @@ class TrainRun(Checkpointable):
         return {"returncode": returncode, "skipped": False, "resumed": resume, "seconds": time.time() - start,
                 "command": command}
 
-    def _stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=STOP_WAIT_S)
-            except subprocess.TimeoutExpired:
-                logger.warning("run %s did not stop within %.0f s", self.run.key, STOP_WAIT_S)
+    def _watch_sigterm(self) -> None:
+        """Remember a SIGTERM (then do what the handler before did: submitit's logs and ignores it)."""
+        import threading
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            self._terminated = True
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _stop(self) -> None:
+        """Ask the process to write last.pth and stop; wait for it at most STOP_WAIT_S."""
+        proc = self._proc
+        if proc is None or _child_exited(proc):
+            return
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + STOP_WAIT_S
+        while not _child_exited(proc):
+            if time.monotonic() > deadline:
+                logger.warning("run %s did not stop within %.0f s", self.run.key, STOP_WAIT_S)
+                return
+            time.sleep(0.2)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission | None:
         self._stop()
+        if self._terminated:  # being cancelled or requeued already: a requeue here would revive or duplicate it
+            logger.warning("run %s: the job received SIGTERM (scancel or scontrol requeue); not requeuing it",
+                           self.run.key)
+            return None
         return DelayedSubmission(TrainRun(self.run), *args, **kwargs)
 
 
@@ -447,8 +519,10 @@ def dry_run(runs: Sequence[Run], root: str) -> list[dict[str, Any]]:
     listing = []
     for run in runs:
         status = run_state(run)
+        owner = owning_job(run.output_dir) if status.state not in ("done", "running") else None
         listing.append({"row": run.row, "seed": run.seed, "output_dir": run.output_dir,
-                        "state": describe(run, status, records.get(run.key)),
+                        "state": f"owned by Slurm job {owner['job_id']} (queued or running)" if owner else
+                        describe(run, status, records.get(run.key)),
                         "command": run.command(resume=status.state == "partial", overwrite=status.restart)})
     return listing
 
@@ -468,7 +542,8 @@ class LaunchOptions:
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    poll_s: float = 1.0
+    poll_s: float | None = None  # between two looks at the jobs (default 1 s locally, SLURM_POLL_S on Slurm)
+    max_timeouts: int = 20  # Slurm: requeues after a time limit per job (submitit's own default, 3, ends long runs)
 
 
 def visible_gpus() -> list[str]:
@@ -489,9 +564,34 @@ def visible_gpus() -> list[str]:
 
 
 def default_gpus_per_run(options: LaunchOptions) -> int:
+    """--gpus-per-run, else: on Slurm one where the partition has GPUs and none where it has not (a CPU partition
+    refuses a GPU request); locally one where a GPU is visible."""
     if options.gpus_per_run is not None:
         return options.gpus_per_run
-    return 1 if options.executor == "slurm" or visible_gpus() else 0
+    if options.executor == "slurm":
+        has_gpus = slurm.partition_has_gpus(options.partition)
+        if has_gpus is None:
+            logger.warning("sinfo cannot say whether partition %s has GPUs: asking for 1 GPU per run (set "
+                           "--gpus-per-run 0 for a CPU partition)", options.partition or "(default)")
+            return 1
+        return 1 if has_gpus else 0
+    return 1 if visible_gpus() else 0
+
+
+def check_slurm_options(options: LaunchOptions) -> None:
+    """Errors before anything is submitted: no --time (submitit would ask for 5 minutes), an unknown partition."""
+    if options.time_min is None:
+        raise SweepError("--executor slurm needs --time MINUTES, the job time limit (without it submitit asks Slurm "
+                         "for 5 minutes). A run longer than the limit is stopped, saved and requeued: --time "
+                         "may be shorter than a run, at the cost of a restart per requeue")
+    if options.time_min < 2:
+        raise SweepError(f"--time {options.time_min}: at least 2 minutes (Slurm's time-limit warning comes 90 s "
+                         f"before the limit)")
+    if options.partition:
+        known = slurm.partitions()
+        if known is not None and options.partition not in known:
+            raise SweepError(f"--partition {options.partition}: no such Slurm partition (sinfo lists: "
+                             f"{', '.join(known) or 'none'})")
 
 
 def make_executor(options: LaunchOptions, folder: str, name: str) -> Any:
@@ -504,11 +604,10 @@ def make_executor(options: LaunchOptions, folder: str, name: str) -> Any:
         return executor
     if options.executor != "slurm":
         raise SweepError(f"--executor {options.executor!r}: use local or slurm")
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=options.max_timeouts)
+    check_slurm_options(options)
     params: dict[str, Any] = {"name": name, "nodes": 1, "tasks_per_node": 1, "gpus_per_node": gpus,
-                              "slurm_setup": setup}
-    if options.time_min:
-        params["timeout_min"] = options.time_min
+                              "slurm_setup": setup, "timeout_min": options.time_min}
     if options.cpus_per_run:
         params["cpus_per_task"] = options.cpus_per_run
     if options.mem_gb:
@@ -569,32 +668,43 @@ class _StopFlag:
         self.signum = signum
 
 
-SLURM_ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED")
+@dataclass
+class _Active:
+    job: Any  # a submitit job
+    run: Run
+    slot: int | None  # local GPU slot
+    start: float
+    on_slurm: bool  # watched through Slurm's own state (a requeued job comes back under the same id)
 
 
-def _reattach(options: LaunchOptions, folder: str, record: Mapping[str, Any]) -> Any | None:
-    """The Slurm job of an earlier invocation still queued or running for this run, if any (never resubmit it)."""
-    if options.executor != "slurm" or record.get("executor") != "slurm" or not record.get("job_id"):
+def _owner_job(run: Run) -> Any | None:
+    """A job object for the live Slurm job that owns the run's folder (of this invocation or an earlier one)."""
+    info = owning_job(run.output_dir)
+    if info is None:
         return None
-    job = submitit.SlurmJob(folder=folder, job_id=str(record["job_id"]))
-    return job if job.state.split()[0] in SLURM_ACTIVE else None
+    return submitit.SlurmJob(folder=info.get("folder") or os.path.join(os.path.dirname(run.output_dir), ".submitit"),
+                             job_id=str(info["job_id"]))
 
 
 def launch(sweep: Sweep, runs: Sequence[Run], root: str, options: LaunchOptions) -> dict[str, Any]:
     """Train every run not done yet, at most ``max_parallel`` at a time; return the sweep state.
 
-    A failed run is retried once (resuming if it wrote last.pth) and then reported failed; the others go on. Progress
-    is logged per finished run and kept in ``ROOT/sweep_state.json``. SIGTERM/SIGINT: nothing more is started; local
-    runs are asked to write last.pth and stop (resumable); Slurm jobs are left running and picked up by the next
-    invocation.
+    A run whose folder a live Slurm job owns (submitted by this sweep or an earlier invocation, on any node) is
+    watched, never started again. Slurm jobs are watched through Slurm's state until they end: a job requeued
+    (pre-emption, time limit, ``scontrol requeue``) is followed through its next start. A failed run is retried once
+    (resuming if it wrote last.pth) and then reported failed; the others go on. Progress is logged per finished run
+    and kept in ``ROOT/sweep_state.json``. SIGTERM/SIGINT: nothing more is started; local runs are asked to write
+    last.pth and stop (resumable); Slurm jobs are left running and picked up by the next invocation.
     """
     os.makedirs(root, exist_ok=True)
     folder = os.path.join(root, ".submitit")
+    on_slurm = options.executor == "slurm"
+    poll_s = options.poll_s if options.poll_s is not None else (SLURM_POLL_S if on_slurm else 1.0)
     state = load_state(root)
     state.update({"sweep": sweep.path, "title": sweep.title, "executor": options.executor, "started": _now()})
     records: dict[str, dict[str, Any]] = state["runs"]
     queue: list[Run] = []
-    active: dict[str, tuple[Any, Run, int | None, float]] = {}  # key -> (job, run, local slot, start time)
+    active: dict[str, _Active] = {}
     for run in runs:
         status = run_state(run)
         record = records.setdefault(run.key, {"row": run.row, "seed": run.seed, "attempts": 0})
@@ -604,10 +714,10 @@ def launch(sweep: Sweep, runs: Sequence[Run], root: str, options: LaunchOptions)
         elif status.state == "running":
             record["state"] = "running"
             logger.warning("%s: already running here (pid %d); left alone", run.key, status.pid)
-        elif (job := _reattach(options, folder, record)) is not None:
-            active[run.key] = (job, run, None, time.time())
-            logger.info("%s: Slurm job %s of an earlier invocation is %s; waiting for it", run.key, job.job_id,
-                        job.state)
+        elif (job := _owner_job(run)) is not None:
+            record.update(state="running", job_id=str(job.job_id), executor="slurm")
+            active[run.key] = _Active(job, run, None, time.time(), True)
+            logger.info("%s: Slurm job %s owns it; watching it", run.key, job.job_id)
         else:
             queue.append(run)
     save_state(root, state)
@@ -616,9 +726,9 @@ def launch(sweep: Sweep, runs: Sequence[Run], root: str, options: LaunchOptions)
                 options.executor, root)
     if not total:
         return state
-    executor = make_executor(options, folder, f"sweep-{sweep.stem}")
-    gpus_per_run = default_gpus_per_run(options)
-    slots = _slots(options, gpus_per_run) if options.executor == "local" else [()] * (options.max_parallel or total)
+    executor = make_executor(options, folder, f"sweep-{sweep.stem}") if queue else None
+    gpus_per_run = default_gpus_per_run(options) if queue else 0
+    slots = _slots(options, gpus_per_run) if not on_slurm else [()] * (options.max_parallel or total)
     free = list(range(len(slots)))
     tries: dict[str, int] = {}
     finished = 0
@@ -626,73 +736,115 @@ def launch(sweep: Sweep, runs: Sequence[Run], root: str, options: LaunchOptions)
         while queue or active:
             while queue and free and stop.signum is None:
                 run, slot = queue.pop(0), free.pop(0)
-                if options.executor == "local":
+                if not on_slurm:
                     executor.update_parameters(**local_slot_parameters(slots[slot]))
                 resume = run_state(run).state == "partial"
-                job = executor.submit(TrainRun(run))
+                job = _submit(executor, run, folder, on_slurm)
                 tries[run.key] = tries.get(run.key, 0) + 1
                 record = records[run.key]
                 record.update(state="running", attempts=record.get("attempts", 0) + 1, job_id=str(job.job_id),
                               executor=options.executor, command=run.command(resume=resume))
-                active[run.key] = (job, run, slot, time.time())
+                active[run.key] = _Active(job, run, slot, time.time(), on_slurm)
                 logger.info("started %s (attempt %d%s) as job %s", run.key, tries[run.key],
                             ", --resume" if resume else "", job.job_id)
                 save_state(root, state)
             if stop.signum is not None and not stop.handled:
                 stop.handled = True
                 queue.clear()
-                if options.executor == "slurm":
+                if on_slurm:
                     logger.warning("stopped by %s: Slurm jobs %s keep running; run the same command again to wait "
                                    "for them", signal.Signals(stop.signum).name,
-                                   " ".join(job.job_id for job, *_ in active.values()))
+                                   " ".join(str(a.job.job_id) for a in active.values()))
                     break
                 logger.warning("stopped by %s: asking %d running run(s) to write last.pth and stop",
                                signal.Signals(stop.signum).name, len(active))
-                _stop_runs(run for _, run, _, _ in active.values())
-            time.sleep(options.poll_s)
-            for key, (job, run, slot, start) in list(active.items()):
-                if not job.done():
+                _stop_runs(a.run for a in active.values())
+            time.sleep(poll_s)
+            states = slurm.job_states(a.job.job_id for a in active.values() if a.on_slurm)
+            for key, entry in list(active.items()):
+                slurm_state = states.get(str(entry.job.job_id)) if entry.on_slurm else None
+                if (slurm.is_active(slurm_state) if entry.on_slurm else not entry.job.done()):
                     continue
                 del active[key]
-                if slot is not None:
-                    free.append(slot)
-                outcome = _outcome(job, run)
+                if entry.slot is not None:
+                    free.append(entry.slot)
+                outcome = _outcome(entry.job, entry.run, slurm_state)
                 record = records[key]
-                record.update(outcome, seconds=round(time.time() - start, 1))
+                record.update(outcome, seconds=round(time.time() - entry.start, 1))
                 if outcome["state"] == "failed" and tries.get(key, 1) < MAX_ATTEMPTS and stop.signum is None:
                     logger.warning("%s failed (%s); retrying once", key, outcome["error"])
-                    queue.append(run)
+                    queue.append(entry.run)
                     save_state(root, state)
                     continue
                 finished += 1
+                run = entry.run
                 detail = _metrics_line(run) if outcome["state"] == "done" else f" ({outcome['error']})"
                 logger.info("[%d/%d] %s seed %d: %s in %.0f s%s -> %s", finished, total, run.row, run.seed,
-                            outcome["state"], time.time() - start, detail, run.output_dir)
+                            outcome["state"], time.time() - entry.start, detail, run.output_dir)
                 save_state(root, state)
     state["interrupted"] = stop.signum is not None
     save_state(root, state)
     return state
 
 
-def _outcome(job: Any, run: Run) -> dict[str, Any]:
-    """What a finished job left: done, interrupted (stopped by a signal, resumable) or failed."""
+def _submit(executor: Any, run: Run, folder: str, on_slurm: bool) -> Any:
+    """Submit the run's job; on Slurm, record in its folder that the job owns it. sbatch's refusal (an unknown
+    partition, an invalid GPU request) is one error with sbatch's own message."""
     try:
-        result = job.result()
-        returncode, error = result.get("returncode"), ""
-    except Exception as err:  # submitit re-raises the job's exception with its traceback; keep its last line
-        result, returncode, error = {}, None, (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        job = executor.submit(TrainRun(run))
+    except FailedJobError as err:
+        raise SweepError(f"Slurm refused the job of run {run.key}: {slurm.sbatch_error(str(err))} (check --partition, "
+                         f"--gpus-per-run, --time, --mem, --account, --qos, --constraint)") from None
+    if on_slurm:
+        os.makedirs(run.output_dir, exist_ok=True)
+        write_json(os.path.join(run.output_dir, JOB_FILE), {"job_id": str(job.job_id), "folder": folder,
+                                                            "submitted": _now(), "host": socket.gethostname()})
+    return job
+
+
+# Slurm end states after which a partial run is resumable but should not be retried at once: cancelled by someone,
+# or out of time (submitit requeues a time-out up to three times; then --time is too short).
+SLURM_STOPPED = ("CANCELLED", "TIMEOUT", "DEADLINE")
+
+
+def _outcome(job: Any, run: Run, slurm_state: str | None = None) -> dict[str, Any]:
+    """What a finished job left: done, interrupted (stopped, resumable), running (another process owns the run) or
+    failed. The run's folder decides whether it is done; ``slurm_state`` (the job's end state on Slurm) and the
+    job's result say why not."""
+    result: dict[str, Any] = {}
+    returncode, error = None, ""
+    if not job_has_result(job):
+        error = f"job {job.job_id} ended{' ' + slurm_state if slurm_state else ''} without a result"
+    else:
+        try:
+            result = job.result()
+            returncode = result.get("returncode")
+        except Exception as err:  # submitit re-raises the job's exception with its traceback; keep its last line
+            error = (str(err).strip().splitlines() or [type(err).__name__])[-1]
     if result.get("running"):
-        return {"state": "running", "returncode": None, "error": f"already running (pid {result['running']})"}
+        return {"state": "running", "returncode": None, "error": f"already running ({result['running']})"}
     status = run_state(run)
     if status.state == "done" and returncode in (0, None):
         return {"state": "done", "returncode": 0, "resumed": bool(result.get("resumed")), "error": ""}
+    if slurm_state in SLURM_STOPPED:
+        hint = "; raise --time" if slurm_state == "TIMEOUT" else ""
+        return {"state": "interrupted" if status.state == "partial" else "failed", "returncode": returncode,
+                "error": f"Slurm job {job.job_id} ended {slurm_state}{hint}; resumable"}
     if returncode in INTERRUPT_CODES:
         return {"state": "interrupted", "returncode": returncode, "error": "stopped by a signal; resumable"}
     if not error:
         error = f"exit code {returncode}"
         reason = _last_error_line(str(job.paths.stderr))
         error += f": {reason}" if reason else f" (see {os.path.join(run.output_dir, 'train_log.txt')})"
+    elif slurm_state and slurm_state != "COMPLETED":
+        error = f"Slurm job {job.job_id} ended {slurm_state}: {error}"
     return {"state": "failed", "returncode": returncode, "error": error, "log": str(job.paths.stderr)}
+
+
+def job_has_result(job: Any) -> bool:
+    """Whether the job wrote its result file (a Slurm job killed at its limit writes none; ``job.result()`` would
+    then wait for one)."""
+    return job.paths.result_pickle.exists()
 
 
 def _last_error_line(path: str) -> str:

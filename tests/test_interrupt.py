@@ -37,7 +37,10 @@ def reference_iterations(demo_root, tmp_path_factory):
     return _iterations((out / "train_log.txt").read_text())
 
 
-def test_sigterm_saves_and_resume_continues_identically(demo_root, tmp_path, reference_iterations):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2], ids=["SIGTERM", "SIGUSR2"])
+def test_a_stop_signal_saves_and_resume_continues_identically(demo_root, tmp_path, reference_iterations, signum):
+    """SIGTERM (pre-emption, scancel, scontrol requeue) and SIGUSR2 (Slurm's time-limit warning as submitit asks
+    for it; its default action would kill the process at once)."""
     overrides = OVERRIDES
     expected = reference_iterations
 
@@ -47,9 +50,9 @@ def test_sigterm_saves_and_resume_continues_identically(demo_root, tmp_path, ref
     deadline = time.time() + 300
     while time.time() < deadline and not (log.exists() and len(_iterations(log.read_text())) >= 2):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     output = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert proc.returncode == 128 + signum, output
     assert "--resume" in output and (out / "last.pth").exists()
     done = _iterations(log.read_text())
     assert 2 <= len(done) < len(expected)

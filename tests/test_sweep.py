@@ -311,10 +311,46 @@ def test_run_is_requeued_after_preemption_and_pickles_without_its_process(tmp_pa
     job = TrainRun(run)
     job._proc = subprocess.Popen(["sleep", "60"])
     delayed = job.checkpoint()  # what submitit calls on pre-emption / time-out
-    assert job._proc.returncode == -signal.SIGTERM  # the training was asked to stop (it writes last.pth)
+    assert job._proc.wait(timeout=0.5) == -signal.SIGTERM  # asked to stop (it writes last.pth), and waited for
     assert isinstance(delayed.function, TrainRun) and delayed.function.run == run
     assert pickle.loads(pickle.dumps(delayed.function))._proc is None
     assert not (tmp_path / "a" / "seed0" / PID_FILE).exists()
+
+
+def test_checkpoint_waits_for_the_run_while_the_job_holds_its_own_wait(tmp_path):
+    """submitit calls checkpoint() in a signal handler, while the job's main thread is inside its wait for the
+    training process: the stop must not wait on that (Python's Popen lock) but on the process itself."""
+    import threading
+
+    run = Run("a", 0, str(tmp_path / "a" / "seed0"), "base.yml", ("OUTPUT_DIR", "x"), 1, {}, 0)
+    job = TrainRun(run)
+    job._proc = subprocess.Popen(["sleep", "60"])
+    assert job._proc._waitpid_lock.acquire()  # as the main thread's wait() holds it when the signal arrives
+    done = []
+    stopper = threading.Thread(target=lambda: done.append(job.checkpoint()), daemon=True)
+    start = time.monotonic()
+    stopper.start()
+    stopper.join(timeout=10)
+    job._proc._waitpid_lock.release()
+    assert done and time.monotonic() - start < 10, "checkpoint() waited on the lock instead of the process"
+    assert job._proc.wait(timeout=0.5) == -signal.SIGTERM
+
+
+def test_a_job_that_received_sigterm_is_not_requeued_by_itself(tmp_path):
+    """scancel (or someone's scontrol requeue) sends SIGTERM first: a time-limit warning handled afterwards must not
+    requeue the job again (that revived cancelled jobs)."""
+    run = Run("a", 0, str(tmp_path / "a" / "seed0"), "base.yml", ("OUTPUT_DIR", "x"), 1, {}, 0)
+    job = TrainRun(run)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        job._watch_sigterm()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    job._proc = subprocess.Popen(["sleep", "60"])
+    assert job.checkpoint() is None
+    assert job._proc.wait(timeout=0.5) == -signal.SIGTERM
 
 
 def test_slurm_executor_and_multi_gpu_command(tmp_path, monkeypatch):
@@ -323,6 +359,7 @@ def test_slurm_executor_and_multi_gpu_command(tmp_path, monkeypatch):
     (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
     (fake_bin / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(sweep_module.slurm, "partitions", lambda: ["cpu", "gpu"])
     options = LaunchOptions("slurm", partition="gpu", time_min=240, gpus_per_run=4, cpus_per_run=32, mem_gb=128)
     executor = make_executor(options, str(tmp_path), "sweep-x")
     params = executor._executor.parameters
@@ -469,3 +506,92 @@ def test_shipped_sweep_files_validate_and_quote_spec(tmp_path):
     demo = plan_runs(load_sweep(str(PAPER / "demo_ablation.yml")), str(tmp_path / "d"))
     assert len(demo) <= 6 and all(r.max_epochs <= 10 and r.config["MODEL.DEVICE"] != "cuda" for r in demo)
     assert set(MISS_SETTINGS) >= {s for rows in expected.values() for row in rows.values() for s in row}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# What the sweep asks Slurm, against stand-in commands (the real cluster is in tests/test_slurm.py).
+
+def _fake_commands(tmp_path, monkeypatch, **scripts):
+    """Put shell scripts named after Slurm commands first on PATH."""
+    fake_bin = tmp_path / "fake_bin"
+    fake_bin.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        (fake_bin / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake_bin / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_job_states_come_from_the_queue_then_accounting(tmp_path, monkeypatch):
+    from experiments import slurm
+
+    _fake_commands(tmp_path, monkeypatch, squeue='echo "12|REQUEUED"; echo "13|RUNNING"',
+                   sacct='echo "14|RUNNING"; echo "14|CANCELLED by 0"')
+    assert slurm.job_states(["12", "13", "14"]) == {"12": "REQUEUED", "13": "RUNNING", "14": "CANCELLED"}
+    assert slurm.is_active("REQUEUED") and slurm.is_active("PENDING") and not slurm.is_active("CANCELLED")
+
+
+def test_without_accounting_a_job_gone_from_the_queue_has_ended(tmp_path, monkeypatch):
+    """Without sacct a job killed at its time limit used to leave the sweep waiting forever."""
+    from experiments import slurm
+
+    _fake_commands(tmp_path, monkeypatch, squeue='echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1',
+                   sacct='echo "sacct: error: Slurm accounting storage is disabled" >&2; exit 1')
+    assert slurm.job_states(["21"]) == {"21": slurm.ENDED}
+    assert not slurm.is_active(slurm.ENDED)
+
+
+def test_slurm_needs_a_time_limit_and_a_known_partition(tmp_path, monkeypatch):
+    _fake_commands(tmp_path, monkeypatch, sinfo='echo "cpu*"; echo "gpu"', srun="exit 1")
+    with pytest.raises(SweepError, match=r"--time MINUTES.*5 minutes"):
+        make_executor(LaunchOptions("slurm", gpus_per_run=0), str(tmp_path), "x")
+    with pytest.raises(SweepError, match=r"--partition gpux: no such Slurm partition \(sinfo lists: cpu, gpu\)"):
+        make_executor(LaunchOptions("slurm", partition="gpux", time_min=60, gpus_per_run=0), str(tmp_path), "x")
+
+
+def test_gpus_per_run_follow_the_partition(tmp_path, monkeypatch):
+    """The default of one GPU per run was refused by a CPU partition."""
+    sinfo = 'case "$*" in *"-p gpu"*) echo "gpu|gpu:a100:4";; *"-p cpu"*) echo "cpu*|(null)";; ' \
+            '*) echo "cpu*|(null)"; echo "gpu|gpu:a100:4";; esac'
+    _fake_commands(tmp_path, monkeypatch, sinfo=sinfo)
+    assert sweep_module.default_gpus_per_run(LaunchOptions("slurm", partition="gpu")) == 1
+    assert sweep_module.default_gpus_per_run(LaunchOptions("slurm", partition="cpu")) == 0
+    assert sweep_module.default_gpus_per_run(LaunchOptions("slurm")) == 0  # the default partition (starred) is cpu
+    assert sweep_module.default_gpus_per_run(LaunchOptions("slurm", partition="cpu", gpus_per_run=2)) == 2
+
+
+def test_sbatch_refusal_is_one_error_line(tmp_path, monkeypatch, capsys):
+    _fake_commands(tmp_path, monkeypatch, sinfo='echo "cpu*"', srun="exit 1",
+                   sbatch='echo "sbatch: error: Batch job submission failed: Invalid generic resource (gres) '
+                          'specification" >&2; exit 1')
+    sweep_file = tmp_path / "s.yml"
+    sweep_file.write_text(yaml.safe_dump({"base": "configs/demo/TOP-ReID.yml", "seeds": [0], "rows": {"a": {}}}))
+    out = subprocess.run([sys.executable, "tools/sweep.py", str(sweep_file), "--executor", "slurm", "--time", "10",
+                          "--partition", "cpu", "--gpus-per-run", "1", "--output", str(tmp_path / "root")], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: Slurm refused the job of run a/seed0: Batch job submission failed: Invalid generic "
+                      "resource (gres) specification (check --partition, --gpus-per-run, --time, --mem, --account, "
+                      "--qos, --constraint)"], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_bad_trailing_key_is_blamed_on_the_command_line(tmp_path):
+    sweep_file = tmp_path / "s.yml"
+    sweep_file.write_text(yaml.safe_dump({"base": "configs/demo/TOP-ReID.yml", "seeds": [0],
+                                          "rows": {"first_row": {}, "second": {}}}))
+    with pytest.raises(SweepError, match=r"^command line: .*SOLVER\.BASE_LRR"):
+        plan_runs(load_sweep(str(sweep_file)), str(tmp_path / "root"), trailing=["SOLVER.BASE_LRR", "0.1"])
+
+
+def test_a_folder_owned_by_a_live_slurm_job_is_never_started_again(tmp_path, monkeypatch):
+    """A second invocation (any node) while a requeued job is pending used to submit a duplicate."""
+    _fake_commands(tmp_path, monkeypatch, squeue='echo "77|PENDING"')
+    run = Run("a", 0, str(tmp_path / "a" / "seed0"), "configs/demo/TOP-ReID.yml", ("OUTPUT_DIR", "x"), 1, {}, 0)
+    os.makedirs(run.output_dir)
+    with open(os.path.join(run.output_dir, sweep_module.JOB_FILE), "w") as f:
+        json.dump({"job_id": "77", "folder": str(tmp_path / ".submitit")}, f)
+    assert sweep_module.owning_job(run.output_dir)["job_id"] == "77"
+    assert "owned by Slurm job 77" in dry_run([run], str(tmp_path))[0]["state"]
+    result = TrainRun(run)()  # a duplicate job that started anyway leaves the folder alone
+    assert result["skipped"] and result["running"] == "Slurm job 77"

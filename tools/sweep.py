@@ -2,7 +2,8 @@
 
     python tools/sweep.py configs/paper/<table>.yml [--executor local|slurm] [--dry-run] [--collect]
         [--rows A B] [--seeds 0 1] [--output ROOT] [--max-parallel N]
-        [--partition P --time MIN --gpus-per-run G --cpus-per-run C --mem GB --account A --qos Q --constraint C]
+        [--partition P --time MIN --gpus-per-run G --cpus-per-run C --mem GB --account A --qos Q --constraint C
+         --max-timeouts N --poll S]
         [KEY VALUE ...]
 
 Trailing ``KEY VALUE`` pairs apply to every run (``DATASETS.ROOT_DIR /data``). Runs go to
@@ -14,6 +15,7 @@ See :mod:`experiments.sweep` and :mod:`experiments.collect`.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import sys
@@ -46,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     slurm.add_argument("--account")
     slurm.add_argument("--qos")
     slurm.add_argument("--constraint")
+    slurm.add_argument("--max-timeouts", type=int, default=20,
+                       help="requeues of a Slurm job after a time limit before the run is given up (default 20)")
+    slurm.add_argument("--poll", type=float, default=None,
+                       help="seconds between two looks at the jobs (default 1 locally, 10 on Slurm)")
     return parse_tool_args(parser, argv)
 
 
@@ -59,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         sweep = load_sweep(args.sweep)
         root = args.output or os.path.join("logs", "sweeps", sweep.stem)
         options = LaunchOptions(args.executor, args.max_parallel, args.gpus_per_run, args.time, args.partition,
-                                args.cpus_per_run, args.mem, args.account, args.qos, args.constraint)
+                                args.cpus_per_run, args.mem, args.account, args.qos, args.constraint, args.poll,
+                                args.max_timeouts)
         runs = plan_runs(sweep, root, args.rows, args.seeds, args.opts, default_gpus_per_run(options))
         if args.dry_run:
             for entry in dry_run(runs, root):
@@ -71,8 +78,13 @@ def main(argv: list[str] | None = None) -> int:
 
             setup_logger(root, filename="sweep_log.txt")
             state = launch(sweep, runs, root, options)
-            failed = [r.key for r in runs if state["runs"].get(r.key, {}).get("state") == "failed"]
-            code[0] = 130 if state.get("interrupted") else (1 if failed else 0)
+            unfinished = {r.key: state["runs"].get(r.key, {}).get("state", "to do") for r in runs
+                          if state["runs"].get(r.key, {}).get("state") != "done"}
+            if unfinished:
+                logging.getLogger("experiments.sweep").warning(
+                    "%d of %d runs unfinished: %s; run the same command again to continue them", len(unfinished),
+                    len(runs), ", ".join(f"{k} ({v})" for k, v in unfinished.items()))
+            code[0] = 130 if state.get("interrupted") else (1 if unfinished else 0)
         write_tables(collect(sweep, runs, root), root)
 
     return run_tool(body) or code[0]
