@@ -711,13 +711,13 @@ def launch(sweep: Sweep, runs: Sequence[Run], root: str, options: LaunchOptions)
         record["output_dir"] = run.output_dir
         if status.state == "done":
             record["state"] = "done"
-        elif status.state == "running":
-            record["state"] = "running"
-            logger.warning("%s: already running here (pid %d); left alone", run.key, status.pid)
         elif (job := _owner_job(run)) is not None:
             record.update(state="running", job_id=str(job.job_id), executor="slurm")
             active[run.key] = _Active(job, run, None, time.time(), True)
             logger.info("%s: Slurm job %s owns it; watching it", run.key, job.job_id)
+        elif status.state == "running":
+            record["state"] = "running"
+            logger.warning("%s: already running here (pid %d); left alone", run.key, status.pid)
         else:
             queue.append(run)
     save_state(root, state)
@@ -802,9 +802,8 @@ def _submit(executor: Any, run: Run, folder: str, on_slurm: bool) -> Any:
     return job
 
 
-# Slurm end states after which a partial run is resumable but should not be retried at once: cancelled by someone,
-# or out of time (submitit requeues a time-out up to three times; then --time is too short).
-SLURM_STOPPED = ("CANCELLED", "TIMEOUT", "DEADLINE")
+# Slurm end states after which a partial run is resumable but is not retried at once: cancelled by someone.
+SLURM_STOPPED = ("CANCELLED",)
 
 
 def _outcome(job: Any, run: Run, slurm_state: str | None = None) -> dict[str, Any]:
@@ -827,9 +826,12 @@ def _outcome(job: Any, run: Run, slurm_state: str | None = None) -> dict[str, An
     if status.state == "done" and returncode in (0, None):
         return {"state": "done", "returncode": 0, "resumed": bool(result.get("resumed")), "error": ""}
     if slurm_state in SLURM_STOPPED:
-        hint = "; raise --time" if slurm_state == "TIMEOUT" else ""
         return {"state": "interrupted" if status.state == "partial" else "failed", "returncode": returncode,
-                "error": f"Slurm job {job.job_id} ended {slurm_state}{hint}; resumable"}
+                "error": f"Slurm job {job.job_id} ended {slurm_state}; resumable"}
+    if slurm_state in ("TIMEOUT", "DEADLINE"):  # killed at its limit before it requeued itself: retried (resumes)
+        return {"state": "failed", "returncode": returncode,
+                "error": f"Slurm job {job.job_id} ended {slurm_state} (killed at its time limit before it could "
+                         f"requeue; raise --time or --max-timeouts if this repeats)"}
     if returncode in INTERRUPT_CODES:
         return {"state": "interrupted", "returncode": returncode, "error": "stopped by a signal; resumable"}
     if not error:

@@ -240,8 +240,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------------
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
         """Stop after the current step (or at once during the end-of-epoch evaluation): last.pth is written and
-        :class:`TrainingInterrupted` raised."""
-        self.stop_signal = signum
+        :class:`TrainingInterrupted` raised. The first request's signal is the one reported (a cluster may follow
+        its own SIGUSR2 with a SIGTERM from the job)."""
+        if self.stop_signal is None:
+            self.stop_signal = signum
 
     def stop_requested(self) -> bool:
         """Whether a stop was asked for; under torchrun, whether any rank was asked (all ranks must call it at the
