@@ -276,7 +276,7 @@ def plan_runs(sweep: Sweep, root: str, rows: Sequence[str] | None = None, seeds:
         try:
             load_config(first if os.path.isabs(first) else os.path.join(REPO_ROOT, first), list(trailing))
         except ConfigError as err:
-            raise SweepError(f"command line: {err}") from None
+            raise SweepError(f"command line: {_without_source(err)}") from None
     runs = []
     for row in selected:
         for seed in seeds if seeds is not None else sweep.seeds:
@@ -286,10 +286,16 @@ def plan_runs(sweep: Sweep, root: str, rows: Sequence[str] | None = None, seeds:
             try:
                 cfg = load_config(base, list(opts))
             except ConfigError as err:
-                raise SweepError(f"{sweep.path}: row {row.name!r}: {err}") from None
+                raise SweepError(f"{sweep.path}: row {row.name!r}: {_without_source(err)}") from None
             runs.append(Run(row.name, seed, output_dir, row.base, opts, int(cfg.SOLVER.MAX_EPOCHS),
                             flatten_config(yaml.safe_load(cfg.dump())), gpus_per_run))
     return runs
+
+
+def _without_source(err: Exception) -> str:
+    """A config error without load_config's "command line: " (every pair a sweep passes is on train_net.py's command
+    line; the sweep names the real source: the row or the sweep's own command line)."""
+    return str(err).removeprefix("command line: ")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

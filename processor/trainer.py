@@ -48,7 +48,7 @@ from utils.rng import rng_state, seed_everything, set_rng_state
 logger = logging.getLogger(__name__)
 
 RUN_MARKERS = ("config.yaml", "last.pth")
-TRAINING_SECTIONS = ("model", "optimizer", "scheduler", "epoch", "iteration", "rng")
+TRAINING_SECTIONS = ("model", "optimizer", "epoch", "iteration", "rng")
 
 
 class RunExistsError(RuntimeError):
@@ -285,9 +285,9 @@ class Trainer:
         rng = self.end_rng if self.in_epoch_end and not epoch_finished else rng_state()
         if self.main:
             save_checkpoint(os.path.join(self.output_dir, "last.pth"), self.model_payload(
-                optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                scaler=self.scaler.state_dict(), iteration=self.iteration, global_step=self.global_step,
-                epoch_finished=epoch_finished, rng=rng, best=self.best, dataset=self.cfg.DATASETS.NAMES,
+                optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(), iteration=self.iteration,
+                global_step=self.global_step, epoch_finished=epoch_finished, rng=rng, best=self.best,
+                dataset=self.cfg.DATASETS.NAMES,
                 **({"augment": self.augment.state_dict()} if self.augment is not None else {})))
         self.saved_state = (self.epoch, self.iteration, epoch_finished)
         du.barrier()
@@ -316,7 +316,7 @@ class Trainer:
             self.report_changes(resume_changes(state["config"], self.cfg, path), epoch)
         self.model.load_state_dict(state["model"])
         load_optimizer_state(self.optimizer, state["optimizer"])
-        # The scheduler's state is not loaded: the lr of an epoch is a function of the epoch and the current config.
+        # No scheduler state is kept: the lr of an epoch is a function of the epoch and the current config.
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.best = dict(state.get("best", self.best))
@@ -342,8 +342,8 @@ class Trainer:
                 logger.info("resume: %s %r -> %r", key, old, new)
         if not honoured:
             return
-        logger.warning("resuming with changed settings, which hold from epoch %d on as if the run had been "
-                       "started with them (the schedule is planned with the new values): %s", epoch + 1,
+        logger.warning("resuming with changed settings, which hold from the resumed step on as if the run had been "
+                       "started with them (the schedule is planned with the new values): %s",
                        "; ".join(f"{k} {old!r} -> {new!r}" for k, old, new in honoured))
         if self.main:
             current = os.path.join(self.output_dir, "config.yaml")

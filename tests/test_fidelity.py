@@ -79,14 +79,15 @@ def test_test_amp_alone_decides_autocast_in_evaluation(solver_amp, test_amp, mon
 
     seen = {}
 
-    def fake_extract(model, loader, device, settings, amp=False, *rest):
+    def fake_extract(model, loader, device, settings, amp=False, *rest, **options):
         seen["amp"] = amp
         raise _Stop
 
     monkeypatch.setattr(hooks_module, "extract_features", fake_extract)
     hook = EvalHook(1)
     hook.trainer = SimpleNamespace(cfg=cfg, device=CUDA, model=None, data=SimpleNamespace(test_loader=None),
-                                   settings=["nothing"], amp=solver_amp, amp_dtype=torch.float16, main=True)
+                                   settings=["nothing"], amp=solver_amp, amp_dtype=torch.float16, main=True,
+                                   check_stop=lambda: None)
     with pytest.raises(_Stop):
         hook.evaluate()
     assert seen["amp"] is test_amp

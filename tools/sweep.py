@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import LaunchOptions, SweepError, collect, launch, load_sweep, plan_runs, write_tables  # noqa: E402
-from experiments.sweep import default_gpus_per_run, dry_run  # noqa: E402
+from experiments.sweep import check_slurm_options, default_gpus_per_run, dry_run  # noqa: E402
 from tools.common import parse_tool_args, run_tool, tool_parser  # noqa: E402
 
 
@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         options = LaunchOptions(args.executor, args.max_parallel, args.gpus_per_run, args.time, args.partition,
                                 args.cpus_per_run, args.mem, args.account, args.qos, args.constraint, args.poll,
                                 args.max_timeouts)
-        runs = plan_runs(sweep, root, args.rows, args.seeds, args.opts, default_gpus_per_run(options))
+        if args.executor == "slurm" and not (args.dry_run or args.collect):
+            check_slurm_options(options)  # before the partition is asked for its GPUs
+        options.gpus_per_run = default_gpus_per_run(options)
+        runs = plan_runs(sweep, root, args.rows, args.seeds, args.opts, options.gpus_per_run)
         if args.dry_run:
             for entry in dry_run(runs, root):
                 print(f"{entry['row']}  seed {entry['seed']}  {entry['state']}\n  folder:  {entry['output_dir']}\n"
