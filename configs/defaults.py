@@ -9,7 +9,7 @@ otherwise what is wrong with it (see :mod:`configs.rules`); :func:`configs.confi
 
 from yacs.config import CfgNode as CN
 
-from configs.rules import Rule, backbone, cross, dataset, device, number, one_of, pair, spectra, triple
+from configs.rules import Rule, backbone, cross, dataset, device, method, number, one_of, pair, spectra, triple
 from utils.spectra import MISS_SETTINGS
 
 _C = CN()
@@ -19,6 +19,10 @@ LIST_STRINGS: set[str] = set()
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.MODEL = CN()
+# The method (modeling/methods/): TOPReID, DeMo, ... Each reads the MODEL keys it needs; a checkpoint of one method
+# does not load into another.
+_C.MODEL.META_ARCHITECTURE = "TOPReID"
+RULES["MODEL.META_ARCHITECTURE"] = method
 _C.MODEL.DEVICE = "auto"  # auto | cpu | cuda | cuda:N
 RULES["MODEL.DEVICE"] = device
 # any timm ViT/DeiT name, a timm CLIP tower (vit_base_patch16_clip_quickgelu_224, ...), t2t_vit_t_14, t2t_vit_t_24

@@ -88,6 +88,12 @@ def backbone(v: Any) -> str | None:
     return None if is_known_backbone(v) else f"is not a known backbone ({backbone_names_hint()})"
 
 
+def method(v: Any) -> str | None:
+    from modeling.methods import method_names
+
+    return None if v in method_names() else f"is not a registered method ({', '.join(method_names())})"
+
+
 def dataset(v: Any) -> str | None:
     from data.datasets import dataset_names
 

@@ -61,12 +61,15 @@ class ReIDLoss(nn.Module):
 
 
 def build_loss(cfg: CfgNode, num_classes: int) -> ReIDLoss:
-    """The loss from MODEL.IF_LABELSMOOTH, MODEL.LABEL_SMOOTH, MODEL.NO_MARGIN, SOLVER.MARGIN and the weights
-    MODEL.ID_LOSS_WEIGHT, MODEL.TRIPLET_LOSS_WEIGHT, MODEL.CRM_LOSS_WEIGHT."""
+    """The loss from MODEL.IF_LABELSMOOTH, MODEL.LABEL_SMOOTH, MODEL.NO_MARGIN, SOLVER.MARGIN, the weights
+    MODEL.ID_LOSS_WEIGHT and MODEL.TRIPLET_LOSS_WEIGHT, and the auxiliary losses the method declares (TOP-ReID: the
+    CRM loss at MODEL.CRM_LOSS_WEIGHT)."""
+    from modeling.methods import method_of
+
     epsilon = float(cfg.MODEL.LABEL_SMOOTH) if cfg.MODEL.IF_LABELSMOOTH else 0.0
     # Label smoothing as in the original's CrossEntropyLabelSmooth: targets (1 - eps) one-hot + eps / num_classes.
     id_loss = nn.CrossEntropyLoss(label_smoothing=epsilon)
     triplet = TripletLoss(margin=None if cfg.MODEL.NO_MARGIN else float(cfg.SOLVER.MARGIN))
     return ReIDLoss(id_loss, triplet, id_weight=float(cfg.MODEL.ID_LOSS_WEIGHT),
                     triplet_weight=float(cfg.MODEL.TRIPLET_LOSS_WEIGHT),
-                    aux_weights={"crm": float(cfg.MODEL.CRM_LOSS_WEIGHT)}, num_classes=num_classes)
+                    aux_weights=method_of(cfg).aux_losses(cfg), num_classes=num_classes)

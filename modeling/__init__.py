@@ -1,47 +1,9 @@
-"""The model: backbones per spectrum, TPM, CRM, heads; ``build_model(cfg, num_classes, camera_num)`` builds it."""
+"""The models: the method registry (``MODEL.META_ARCHITECTURE``, :mod:`modeling.methods`), backbones, TOP-ReID's TPM
+and CRM; ``build_model(cfg, num_classes, camera_num)`` builds the configured method."""
 
 from __future__ import annotations
 
-import logging
-
-from yacs.config import CfgNode
-
-from modeling.backbones import build_backbone
 from modeling.meta_arch import TOPReID
-from modeling.pretrained import load_imagenet_weights
+from modeling.methods import build_model, get_method, method_names, register_method
 
-__all__ = ["TOPReID", "build_model"]
-
-logger = logging.getLogger(__name__)
-
-
-def build_model(cfg: CfgNode, num_classes: int, camera_num: int, pretrained: bool = True) -> TOPReID:
-    """Build TOP-ReID from the config (MODEL.*, INPUT.SIZE_TRAIN, TEST.NECK_FEAT); the one place that reads cfg.
-
-    ``camera_num`` is the number of training cameras; the camera embedding is used when MODEL.SIE_CAMERA is on.
-    MODEL.SHARED_BACKBONE builds one backbone for all spectra instead of one per spectrum.
-    With MODEL.PRETRAIN_CHOICE 'imagenet' (and ``pretrained``) every backbone is initialised from
-    MODEL.PRETRAIN_PATH_T; a model about to receive a checkpoint's weights passes ``pretrained=False``.
-    """
-    m = cfg.MODEL
-    num_cameras = camera_num if m.SIE_CAMERA else 0
-
-    def backbone():
-        return build_backbone(m.TRANSFORMER_TYPE, tuple(cfg.INPUT.SIZE_TRAIN), tuple(m.STRIDE_SIZE),
-                              num_cameras=num_cameras, sie_coe=m.SIE_COE, drop_path=m.DROP_PATH, drop_out=m.DROP_OUT,
-                              attn_drop=m.ATT_DROP_RATE, grad_checkpoint=m.GRAD_CHECKPOINT)
-
-    if m.SHARED_BACKBONE:  # one module for every spectrum: TOPReID stores it once and batches the spectra through it
-        shared = backbone()
-        backbones = {s: shared for s in m.SPECTRA}
-    else:
-        backbones = {s: backbone() for s in m.SPECTRA}
-    if pretrained and m.PRETRAIN_CHOICE == "imagenet":
-        load_imagenet_weights(backbones, m.PRETRAIN_PATH_T)
-    model = TOPReID(backbones, num_classes, base=m.BASE, use_crm=m.RE, direct=m.DIRECT,
-                    num_heads=m.TPM_HEADS or None, crm_depth=m.RE_LAYER, neck_feat=cfg.TEST.NECK_FEAT)
-    logger.info("model: %s backbone%s for %s, %s, heads %s, %.1fM parameters", m.TRANSFORMER_TYPE,
-                " (one, shared)" if model.backbones.is_shared else "s", "/".join(model.spectra),
-                "baseline" if m.BASE else ("TPM + CRM" if m.RE else "TPM"),
-                ", ".join(model.heads), sum(p.numel() for p in model.parameters()) / 1e6)
-    return model
+__all__ = ["TOPReID", "build_model", "get_method", "method_names", "register_method"]

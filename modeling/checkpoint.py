@@ -27,9 +27,9 @@ from utils.checkpoint import FORMAT, CheckpointError, IncompatibleKeys, safe_loa
 logger = logging.getLogger(__name__)
 
 # Config keys that decide the model's architecture (with the number of identities and cameras, all of it).
-ARCH_KEYS = ("MODEL.TRANSFORMER_TYPE", "MODEL.SPECTRA", "MODEL.BASE", "MODEL.RE", "MODEL.DIRECT", "MODEL.RE_LAYER",
-             "MODEL.TPM_HEADS", "MODEL.SIE_CAMERA", "MODEL.STRIDE_SIZE", "INPUT.SIZE_TRAIN", "TEST.NECK_FEAT",
-             "MODEL.SHARED_BACKBONE")
+ARCH_KEYS = ("MODEL.META_ARCHITECTURE", "MODEL.TRANSFORMER_TYPE", "MODEL.SPECTRA", "MODEL.BASE", "MODEL.RE",
+             "MODEL.DIRECT", "MODEL.RE_LAYER", "MODEL.TPM_HEADS", "MODEL.SIE_CAMERA", "MODEL.STRIDE_SIZE",
+             "INPUT.SIZE_TRAIN", "TEST.NECK_FEAT", "MODEL.SHARED_BACKBONE")
 
 
 def cfg_get(cfg: CfgNode, key: str) -> Any:
@@ -52,8 +52,8 @@ def model_payload(model: nn.Module, cfg: CfgNode, num_classes: int, num_cameras:
 def saved_arch(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     """The architecture keys a checkpoint records: its ``arch`` entry, or those of its saved config (older
     checkpoints of this project); empty for files that record neither."""
-    if isinstance(checkpoint.get("arch"), Mapping):
-        return dict(checkpoint["arch"])
+    if isinstance(checkpoint.get("arch"), Mapping):  # written before methods were registered: TOP-ReID's
+        return {"MODEL.META_ARCHITECTURE": "TOPReID", **checkpoint["arch"]}
     if isinstance(checkpoint.get("config"), str):
         saved = CfgNode.load_cfg(checkpoint["config"])
         out = {}
@@ -62,6 +62,7 @@ def saved_arch(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
                 out[key] = cfg_get(saved, key)
             except KeyError:
                 continue
+        out.setdefault("MODEL.META_ARCHITECTURE", "TOPReID")
         return out
     return {}
 

@@ -142,11 +142,12 @@ class TOPReID(nn.Module):
         return missing
 
     def features_from_tokens(self, tokens: Mapping[str, torch.Tensor], missing: Collection[str] = frozenset(),
-                             cache: dict | None = None) -> torch.Tensor:
+                             cache: dict | None = None, cams: torch.Tensor | None = None) -> torch.Tensor:
         """Test feature [B, feat_dim] from backbone tokens (tokens of missing spectra, if given, are ignored).
 
         ``cache``: a dict shared by calls on the same tokens (one batch, several settings) so CRM reconstructions
-        are computed once.
+        are computed once. ``cams`` (the batch's camera ids, which methods that run a missing spectrum's backbone
+        need) is not used: CRM reconstructs from the available tokens.
         """
         missing = self.resolve_missing(missing)
         absent = [s for s in self.spectra if s not in missing and s not in tokens]

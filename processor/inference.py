@@ -127,7 +127,7 @@ def batch_features(model: nn.Module, batch: dict, device: torch.device, missing:
         cache: dict = {}  # CRM reconstructions shared by the settings of this batch
         for name, m in missing.items():
             available = {s: t for s, t in tokens.items() if s not in m}
-            out[name] = model.features_from_tokens(available, set(m), cache).float().cpu()
+            out[name] = model.features_from_tokens(available, set(m), cache, cams=cams).float().cpu()
     return out
 
 

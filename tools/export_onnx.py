@@ -72,7 +72,7 @@ class FeatureExtractor(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         *images, camids = inputs
         tokens = self.model.backbone_tokens(dict(zip(self.spectra, images)), camids)
-        return self.model.features_from_tokens(tokens, self.missing)
+        return self.model.features_from_tokens(tokens, self.missing, cams=camids)
 
 
 def export(extractor: FeatureExtractor, example: Sequence[torch.Tensor], path: str, opset: int) -> None:

@@ -1,0 +1,36 @@
+"""The method registry: ``MODEL.META_ARCHITECTURE`` names a method, and a method is one file that registers itself.
+
+A method declares what the engine needs from it, and nothing in the trainer, hooks, predictor, evaluation, sweeps or
+tools names a method:
+
+- ``build(cfg, num_classes, num_cameras, pretrained)`` -> the model (an ``nn.Module``) with
+  ``spectra`` (the spectra it reads, in order), ``feat_dim`` (width of its test feature) and
+  * in train mode ``forward(images, cam_label)`` -> ``{"heads": {name: (logits, feature before the BNNeck)},
+    "losses": {name: scalar}}``: its named training heads (an ID and a triplet loss each) and auxiliary losses;
+  * in eval mode ``backbone_tokens(images, cam_label)`` and ``features_from_tokens(tokens, missing, cache,
+    cams=...)``: the test feature, one backbone pass serving every missing-spectrum setting of a batch, each method
+    handling a missing spectrum its own way (TOP-ReID reconstructs it with CRM; DeMo zero-fills its image);
+  * ``backbone_prefix``: the parameter-name prefix of its backbone, for the backbone's learning rate;
+- ``aux_losses(cfg)`` -> the weight of each auxiliary loss the model returns.
+
+Register one with::
+
+    @register_method("MyMethod", aux_losses=lambda cfg: {"align": cfg.MODEL.ALIGN_WEIGHT})
+    def build_my_method(cfg, num_classes, num_cameras, pretrained=True):
+        return MyMethod(...)
+
+after which ``MODEL.META_ARCHITECTURE MyMethod`` validates, trains, evaluates and sweeps.
+"""
+
+from modeling.methods import topreid  # noqa: F401  (registers TOPReID)
+from modeling.methods.registry import (
+    Method,
+    build_model,
+    get_method,
+    method_names,
+    method_of,
+    register_method,
+    unregister_method,
+)
+
+__all__ = ["Method", "build_model", "get_method", "method_names", "method_of", "register_method", "unregister_method"]
