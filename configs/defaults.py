@@ -117,7 +117,7 @@ _C.DATALOADER.CACHE_IMAGES = False
 # ----------------------------------------------------------------------------------------------------------------------
 _C.SOLVER = CN()
 _C.SOLVER.OPTIMIZER_NAME = "SGD"
-RULES["SOLVER.OPTIMIZER_NAME"] = one_of("SGD", "AdamW")
+RULES["SOLVER.OPTIMIZER_NAME"] = one_of("SGD", "Adam", "AdamW")  # Adam: L2 weight decay in the gradient (DeMo)
 _C.SOLVER.MAX_EPOCHS = 120
 RULES["SOLVER.MAX_EPOCHS"] = number(1, integer=True)
 _C.SOLVER.BASE_LR = 0.009
@@ -127,6 +127,12 @@ _C.SOLVER.LARGE_FC_LR = False
 # CRM and the heads keep BASE_LR. 1.0 is the original (one rate for everything).
 _C.SOLVER.BACKBONE_LR_FACTOR = 1.0
 RULES["SOLVER.BACKBONE_LR_FACTOR"] = number(0.0, lo_open=True)
+# An absolute backbone learning rate instead of the factor (DeMo's CLIP backbone: 5e-6); 0 = BASE_LR x the factor.
+# The backbone is the method's (its backbone_prefix: TOP-ReID's backbones, DeMo's one shared tower).
+_C.SOLVER.BACKBONE_LR = 0.0
+RULES["SOLVER.BACKBONE_LR"] = number(0.0)
+# Backbone biases at the backbone lr x BIAS_LR_FACTOR (True, TOP-ReID) or at the backbone lr itself (False, DeMo).
+_C.SOLVER.BIAS_LR_FACTOR_IN_BACKBONE = True
 _C.SOLVER.BIAS_LR_FACTOR = 2.0
 RULES["SOLVER.BIAS_LR_FACTOR"] = number(0.0, lo_open=True)
 _C.SOLVER.MOMENTUM = 0.9
@@ -138,7 +144,7 @@ RULES["SOLVER.WEIGHT_DECAY"] = number(0.0)
 _C.SOLVER.WEIGHT_DECAY_BIAS = 1e-4
 RULES["SOLVER.WEIGHT_DECAY_BIAS"] = number(0.0)
 _C.SOLVER.SCHEDULER = "cosine"
-RULES["SOLVER.SCHEDULER"] = one_of("cosine")
+RULES["SOLVER.SCHEDULER"] = one_of("cosine", "demo")  # demo: DeMo's noisy cosine (solver/scheduler.py)
 _C.SOLVER.WARMUP_ITERS = 10  # warm-up epochs (the original's name)
 RULES["SOLVER.WARMUP_ITERS"] = number(0, integer=True)
 _C.SOLVER.WARMUP_FACTOR = 0.01

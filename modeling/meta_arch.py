@@ -79,6 +79,8 @@ class TOPReID(nn.Module):
     (before and after the BNNeck), so features keep their width and the available parts stay comparable.
     """
 
+    backbone_prefix = "backbones."  # parameters with the backbone's learning rate (SOLVER.BACKBONE_LR[_FACTOR])
+
     def __init__(self, backbones: Mapping[str, nn.Module], num_classes: int, *, base: bool = False,
                  use_crm: bool = True, direct: bool = True, num_heads: int | None = None, crm_depth: int = 1,
                  crm_norm_eps: float = 1e-5, neck_feat: str = "before") -> None:

@@ -14,36 +14,61 @@ logger = logging.getLogger(__name__)
 
 def param_groups(model: nn.Module, base_lr: float, weight_decay: float, bias_lr_factor: float,
                  weight_decay_bias: float, large_fc_lr: bool = False, backbone_lr_factor: float = 1.0,
-                 backbone_prefix: str = "backbones.") -> list[dict[str, Any]]:
+                 backbone_prefix: str | tuple[str, ...] = "backbones.", backbone_lr: float = 0.0,
+                 bias_lr_factor_in_backbone: bool = True) -> list[dict[str, Any]]:
     """Trainable parameters grouped by (lr, weight decay, part scale), in order of first appearance.
 
     As in the original: every parameter gets ``base_lr`` and ``weight_decay``; a parameter whose name contains
     "bias" gets ``base_lr * bias_lr_factor`` and ``weight_decay_bias``; with ``large_fc_lr`` one whose name contains
     "classifier" gets ``2 * base_lr`` (its weight decay unchanged). Frozen parameters are left out.
 
-    Per-part rates: parameters under ``backbone_prefix`` get that lr times ``backbone_lr_factor`` (the bias rule
-    still applies: backbone biases get ``base_lr * bias_lr_factor * backbone_lr_factor``). A group records the
-    factor as ``lr_scale`` and its unscaled lr as ``initial_lr``: timm's scheduler schedules ``initial_lr`` and
-    multiplies by ``lr_scale``, so the whole schedule of the backbone (warm-up start and floor included) is the
-    others' times the factor. With factor 1 the backbone shares the groups of the other parts. Each group has a
-    ``name``: the parts it holds (first name component: backbones, tpm, crm, heads) and its kind.
+    The backbone (parameters whose name starts with ``backbone_prefix``, a prefix or a tuple of them, which the
+    method declares) has its own rate: ``backbone_lr`` when it is above 0 (an absolute lr, as DeMo's 5e-6 for a CLIP
+    backbone), otherwise ``base_lr * backbone_lr_factor``. Its biases get that rate times ``bias_lr_factor``, or the
+    rate itself with ``bias_lr_factor_in_backbone`` False (DeMo: the backbone rule replaces the bias rule); their
+    weight decay is ``weight_decay_bias`` either way. The two backbone options are exclusive.
+
+    A group records its unscaled lr as ``initial_lr`` and the backbone's rate over ``base_lr`` as ``lr_scale``
+    (``backbone_lr / base_lr`` for an absolute lr); its ``lr`` is their product. timm's cosine scheduler schedules
+    ``initial_lr`` and multiplies by ``lr_scale``, so under ``SOLVER.SCHEDULER cosine`` the whole schedule of the
+    backbone (warm-up start and floor included) is the others' times the scale; under ``demo`` every group goes from
+    the same warm-up start to its own ``lr`` (see :mod:`solver.scheduler`). With scale 1 the backbone shares the
+    groups of the other parts. Each group has ``param_names`` (resume matches the optimiser state by name) and a
+    ``name``: the parts it holds (the backbone prefix, else the first name component: backbones, tpm, crm, heads)
+    and its kinds.
     """
+    if backbone_lr < 0:
+        raise ValueError(f"backbone_lr={backbone_lr} is negative (0 means base_lr * backbone_lr_factor)")
+    if backbone_lr > 0 and backbone_lr_factor != 1.0:
+        raise ValueError(f"backbone_lr={backbone_lr} and backbone_lr_factor={backbone_lr_factor} both set the "
+                         "backbone's lr; give one")
+    backbone_scale = backbone_lr / base_lr if backbone_lr > 0 else backbone_lr_factor
+    prefixes = (backbone_prefix,) if isinstance(backbone_prefix, str) else tuple(backbone_prefix)
+    if backbone_scale != 1.0 or not bias_lr_factor_in_backbone:
+        if not any(name.startswith(prefixes) for name, _ in model.named_parameters()):
+            raise ValueError(f"a backbone lr is set but no parameter of {type(model).__name__} starts with "
+                             f"{backbone_prefix!r}")
     groups: dict[tuple[float, float, float], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
+        in_backbone = prefix is not None
         lr, decay, kind = base_lr, weight_decay, "weights"
         if "bias" in name:
             lr, decay, kind = base_lr * bias_lr_factor, weight_decay_bias, "biases"
+            if in_backbone and not bias_lr_factor_in_backbone:
+                lr = base_lr
         if large_fc_lr and "classifier" in name:
             lr, kind = base_lr * 2, "classifiers"
-        scale = backbone_lr_factor if name.startswith(backbone_prefix) else 1.0
+        scale = backbone_scale if in_backbone else 1.0
         group = groups.setdefault((lr, decay, scale), {
             "params": [], "lr": lr * scale, "initial_lr": lr, "lr_scale": scale, "weight_decay": decay,
             "param_names": [], "parts": [], "kinds": []})
         group["params"].append(param)
         group["param_names"].append(name)
-        for field, value in (("parts", name.split(".", 1)[0]), ("kinds", kind)):
+        part = prefix.rstrip(".") if in_backbone else name.split(".", 1)[0]
+        for field, value in (("parts", part), ("kinds", kind)):
             if value not in group[field]:
                 group[field].append(value)
     if not groups:
@@ -53,23 +78,34 @@ def param_groups(model: nn.Module, base_lr: float, weight_decay: float, bias_lr_
     return list(groups.values())
 
 
+OPTIMIZERS = ("SGD", "Adam", "AdamW")
+
+
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum SOLVER.MOMENTUM) or AdamW over :func:`param_groups` of SOLVER.BASE_LR, SOLVER.WEIGHT_DECAY,
-    SOLVER.BIAS_LR_FACTOR, SOLVER.WEIGHT_DECAY_BIAS, SOLVER.LARGE_FC_LR, SOLVER.BACKBONE_LR_FACTOR. Fused kernels when
-    every parameter is on CUDA, multi-tensor (foreach) steps otherwise. Logs every group (name, parameters, lr,
-    weight decay)."""
+    """SGD (momentum SOLVER.MOMENTUM), Adam or AdamW over :func:`param_groups` of SOLVER.BASE_LR, WEIGHT_DECAY,
+    BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS, LARGE_FC_LR, BACKBONE_LR_FACTOR, BACKBONE_LR and BIAS_LR_FACTOR_IN_BACKBONE,
+    the backbone being the parameters under the model's ``backbone_prefix`` ("backbones." when it declares none).
+    Adam (DeMo's) adds the weight decay to the gradient (L2), AdamW decouples it; both with torch's default betas
+    and eps. Fused kernels when every parameter is on CUDA, multi-tensor (foreach) steps otherwise. Logs every group
+    (name, parameters, lr, weight decay)."""
     solver = cfg.SOLVER
+    name = solver.OPTIMIZER_NAME
+    if name not in OPTIMIZERS:
+        raise ValueError(f"SOLVER.OPTIMIZER_NAME={name!r} is not supported ({', '.join(OPTIMIZERS)})")
+    backbone_lr = solver.BACKBONE_LR
+    if backbone_lr > 0 and solver.BACKBONE_LR_FACTOR != 1.0:
+        raise ValueError(f"SOLVER.BACKBONE_LR={backbone_lr} and SOLVER.BACKBONE_LR_FACTOR="
+                         f"{solver.BACKBONE_LR_FACTOR} both set the backbone's lr; leave the factor at 1")
     groups = param_groups(model, solver.BASE_LR, solver.WEIGHT_DECAY, solver.BIAS_LR_FACTOR,
-                          solver.WEIGHT_DECAY_BIAS, solver.LARGE_FC_LR, solver.BACKBONE_LR_FACTOR)
+                          solver.WEIGHT_DECAY_BIAS, solver.LARGE_FC_LR, solver.BACKBONE_LR_FACTOR,
+                          getattr(model, "backbone_prefix", "backbones."), backbone_lr,
+                          solver.BIAS_LR_FACTOR_IN_BACKBONE)
     on_cuda = all(p.is_cuda for g in groups for p in g["params"])
     kernel = {"fused": True} if on_cuda else {"foreach": True}
-    name = solver.OPTIMIZER_NAME
     if name == "SGD":
         optimizer = torch.optim.SGD(groups, lr=solver.BASE_LR, momentum=solver.MOMENTUM, **kernel)
-    elif name == "AdamW":
-        optimizer = torch.optim.AdamW(groups, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY, **kernel)
     else:
-        raise ValueError(f"SOLVER.OPTIMIZER_NAME={name!r} is not supported (SGD or AdamW)")
+        optimizer = getattr(torch.optim, name)(groups, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY, **kernel)
     logger.info("%s (%s step) with %d parameter groups:%s", name, optimizer_kernel(optimizer), len(groups), "".join(
         f"\n  {g['name']}: {len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} parameters, "
         f"lr {g['lr']:.2e}, weight decay {g['weight_decay']:.1e}" for g in groups))
