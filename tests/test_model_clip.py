@@ -257,12 +257,18 @@ def test_pickled_code_is_refused(tmp_path):
     assert convert_clip.main(["--input", str(path), "--output", str(tmp_path / "o.safetensors")]) == 1
 
 
-@pytest.mark.parametrize("dataset, factor", [("RGBNT201", 0.0005), ("RGBNT100", 0.0005), ("MSVR310", 0.005)])
-def test_clip_configs(dataset, factor):
+@pytest.mark.parametrize("dataset", ["RGBNT201", "RGBNT100", "MSVR310"])
+def test_clip_configs_fine_tune_clip_as_the_field_does(dataset):
+    """Adam with the new modules at 3.5e-4 and the CLIP tower at an absolute 5e-6, biases included (CLIP-ReID's and
+    DeMo's recipe): under SGD a 5e-6 backbone barely moves."""
+    from solver import build_optimizer
+
     cfg = load_config(f"configs/{dataset}/TOP-ReID-CLIP.yml", [])
     base = load_config(f"configs/{dataset}/TOP-ReID.yml", [])
     assert cfg.MODEL.TRANSFORMER_TYPE == "vit_base_patch16_clip_quickgelu_224"
     assert cfg.MODEL.PRETRAIN_PATH_T.endswith(".safetensors")
-    assert cfg.SOLVER.BACKBONE_LR_FACTOR == factor and cfg.SOLVER.BASE_LR == base.SOLVER.BASE_LR
-    assert 4e-6 <= cfg.SOLVER.BASE_LR * factor <= 6e-6
     assert cfg.DATASETS.NAMES == dataset and cfg.MODEL.DIRECT == base.MODEL.DIRECT
+    model = nn.ModuleDict({"backbones": nn.Linear(4, 4), "heads": nn.Linear(4, 4)})
+    lrs = {g["name"]: g["lr"] for g in build_optimizer(cfg, model).param_groups}
+    assert type(build_optimizer(cfg, model)).__name__ == "Adam"
+    assert lrs == pytest.approx({"backbones weights+biases": 5e-6, "heads weights": 3.5e-4, "heads biases": 7e-4})
