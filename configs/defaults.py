@@ -54,6 +54,15 @@ RULES["MODEL.RE_LAYER"] = number(1, integer=True)
 _C.MODEL.DIRECT = True  # True: one head on the concatenated CLS tokens; False: one head per spectrum
 _C.MODEL.TPM_HEADS = 0  # attention heads of TPM and CRM; 0 = 12, or 8 for T2T backbones (as the original)
 RULES["MODEL.TPM_HEADS"] = number(0, integer=True)
+# DeMo (MODEL.META_ARCHITECTURE DeMo, modeling/methods/demo.py): ATMoE heads, the test feature (cat[ori, moe], ori or
+# moe: the original's return_pattern 3, 1, 2) and HDM's attention dropout (0.1, hard-coded in the original).
+_C.MODEL.DEMO = CN()
+_C.MODEL.DEMO.HEAD = 4
+RULES["MODEL.DEMO.HEAD"] = number(1, integer=True)
+_C.MODEL.DEMO.FEATURE = "cat"
+RULES["MODEL.DEMO.FEATURE"] = one_of("cat", "ori", "moe")
+_C.MODEL.DEMO.HDM_DROPOUT = 0.1
+RULES["MODEL.DEMO.HDM_DROPOUT"] = number(0.0, 1.0, hi_open=True)
 _C.MODEL.ID_LOSS_WEIGHT = 1.0
 RULES["MODEL.ID_LOSS_WEIGHT"] = number(0.0)
 _C.MODEL.TRIPLET_LOSS_WEIGHT = 1.0

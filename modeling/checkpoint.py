@@ -21,15 +21,16 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from modeling.convert import convert_original_state_dict, is_original_layout
 from utils.checkpoint import FORMAT, CheckpointError, IncompatibleKeys, safe_load, summarize_keys, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
+PROJECT_LAYOUT = "this project's"
+
 # Config keys that decide the model's architecture (with the number of identities and cameras, all of it).
 ARCH_KEYS = ("MODEL.META_ARCHITECTURE", "MODEL.TRANSFORMER_TYPE", "MODEL.SPECTRA", "MODEL.BASE", "MODEL.RE",
              "MODEL.DIRECT", "MODEL.RE_LAYER", "MODEL.TPM_HEADS", "MODEL.SIE_CAMERA", "MODEL.STRIDE_SIZE",
-             "INPUT.SIZE_TRAIN", "TEST.NECK_FEAT", "MODEL.SHARED_BACKBONE")
+             "INPUT.SIZE_TRAIN", "TEST.NECK_FEAT", "MODEL.SHARED_BACKBONE", "MODEL.DEMO.HEAD", "MODEL.DEMO.FEATURE")
 
 
 def cfg_get(cfg: CfgNode, key: str) -> Any:
@@ -88,18 +89,23 @@ def sizes_from_state(state: Mapping[str, torch.Tensor], path: str) -> tuple[int,
     if len(classes) != 1:
         raise CheckpointError(f"{path}: not a TOP-ReID checkpoint (the number of identities cannot be read from "
                               f"heads.*.classifier.weight: found {sorted(classes) or 'none'})")
-    cameras = {int(v.shape[0]) for k, v in state.items() if k.endswith(".sie_embed")}
+    cameras = {int(v.shape[0]) for k, v in state.items() if k.endswith((".sie_embed", "camera_embed"))}
     return classes.pop(), max(cameras, default=0)
 
 
-def project_state_dict(checkpoint: Mapping[str, Any], path: str,
-                       heads: Any = None) -> tuple[dict[str, torch.Tensor], list[str], bool]:
-    """(state_dict in this project's names, original keys dropped, whether the file was in the original layout)."""
+def project_state_dict(checkpoint: Mapping[str, Any], path: str, model: nn.Module | None = None,
+                       ) -> tuple[dict[str, torch.Tensor], list[str], str]:
+    """(state_dict in this project's names, original keys dropped, the layout it was in: "this project's" or the
+    original code's of a registered method, e.g. "original TOP-ReID"). ``model`` (the model about to receive the
+    weights) lets a conversion drop what the model does not have."""
+    from modeling.methods import original_layouts
+
     state = unwrap_state_dict(checkpoint, path)
-    if is_original_layout(state):
-        converted, dropped = convert_original_state_dict(state, heads)
-        return converted, dropped, True
-    return state, [], False
+    for layout in original_layouts():
+        if layout.matches(state):
+            converted, dropped = layout.convert(state, model)
+            return converted, dropped, layout.name
+    return state, [], PROJECT_LAYOUT
 
 
 def load_model_weights(model: nn.Module, state_dict_or_path: str | os.PathLike | Mapping[str, Any], log: bool = True,
@@ -107,8 +113,8 @@ def load_model_weights(model: nn.Module, state_dict_or_path: str | os.PathLike |
     """Load weights into ``model`` strictly and return the original keys dropped as unused.
 
     Accepts a path (read with :func:`utils.checkpoint.safe_load`) or an already loaded object: this project's
-    checkpoint, a bare state_dict in this project's layout, or a state_dict of the original TOP-ReID code (with or
-    without ``module.``). ``source`` names the file in messages when an object is given. Raises
+    checkpoint, a bare state_dict in this project's layout, or a state_dict of a method's original code (TOP-ReID,
+    DeMo; with or without ``module.``). ``source`` names the file in messages when an object is given. Raises
     :class:`CheckpointError` naming the file and listing missing, unexpected and shape-mismatched keys when the
     weights do not fit the model.
     """
@@ -118,23 +124,19 @@ def load_model_weights(model: nn.Module, state_dict_or_path: str | os.PathLike |
     else:
         name = source or "<state_dict>"
         obj = state_dict_or_path
-    heads = model.heads.keys() if isinstance(getattr(model, "heads", None), nn.ModuleDict) else None
-    state, dropped, original = project_state_dict(obj, name, heads)
-    if original and getattr(getattr(model, "backbones", None), "is_shared", False):
-        raise CheckpointError(f"{name}: a checkpoint of the original TOP-ReID code has one backbone per spectrum; it "
-                              "cannot be converted into a model with MODEL.SHARED_BACKBONE True (set "
-                              "MODEL.SHARED_BACKBONE False)")
+    try:
+        state, dropped, layout = project_state_dict(obj, name, model)
+    except CheckpointError as err:
+        raise CheckpointError(f"{name}: {err}") from None
     problems = IncompatibleKeys.compare(model.state_dict(), state).report()
     if problems:
-        layout = "original TOP-ReID layout" if original else "this project's layout"
-        raise CheckpointError(f"{name}: the weights ({layout}) do not fit the model built from the config (another "
-                              f"backbone, spectra or head setting?); {problems}")
+        raise CheckpointError(f"{name}: the weights ({layout} layout) do not fit the model built from the config "
+                              f"(another method, backbone, spectra or head setting?); {problems}")
     model.load_state_dict(state, strict=True)
     if log:
         note = f"; dropped {len(dropped)} unused keys of the original layout: {summarize_keys(dropped)}" \
             if dropped else ""
-        logger.info("loaded %d tensors from %s (%s)%s", len(state), name,
-                    "original TOP-ReID layout" if original else "project layout", note)
+        logger.info("loaded %d tensors from %s (%s layout)%s", len(state), name, layout, note)
     return dropped
 
 

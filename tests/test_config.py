@@ -101,8 +101,11 @@ def test_every_validated_key_rejects_invalid_values(data):
     key = data.draw(st.sampled_from(VALIDATED_KEYS))
     value = data.draw(_invalid_values(_RULES[key]))
     cfg = get_cfg_defaults()
-    section, leaf = key.split(".")
-    cfg[section][leaf] = value
+    *sections, leaf = key.split(".")
+    node = cfg
+    for section in sections:
+        node = node[section]
+    node[leaf] = value
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
 

@@ -1,9 +1,9 @@
-"""Convert a checkpoint trained by the original TOP-ReID code to this project's format.
+"""Convert a checkpoint trained by the original code of a method (TOP-ReID, DeMo) to this project's format.
 
     python tools/convert_checkpoint.py --config_file configs/RGBNT201/TOP-ReID.yml --input TOPReID.pth \\
         --output topreid_rgbnt201.pth [--force] [KEY VALUE ...]
 
-The original keys are mapped to this project's names (``modeling.convert``), the model is built from the config
+The original keys are mapped to this project's names (the method's key map), the model is built from the config
 (number of identities and cameras read from the checkpoint) and must load the result strictly; then
 ``{"format": "topreid", "model": state_dict, "config": ..., "source": input}`` is written. An existing output is
 kept unless ``--force`` is given.
@@ -37,20 +37,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def convert(config_file: str, opts: list[str], source: str, output: str) -> None:
     from modeling import build_model
-    from modeling.checkpoint import load_model_weights, model_payload, project_state_dict, sizes_from_state
+    from modeling.checkpoint import (
+        PROJECT_LAYOUT,
+        load_model_weights,
+        model_payload,
+        project_state_dict,
+        sizes_from_state,
+    )
 
     cfg = load_config(config_file, [*opts, "MODEL.PRETRAIN_CHOICE", "none"])
     raw = safe_load(source)
-    converted, _, original = project_state_dict(raw, source)
-    if raw.get("format") == FORMAT or not original:
-        raise CheckpointError(f"{source}: not a checkpoint of the original TOP-ReID code (already converted, or "
-                              "another model?)")
+    converted, _, layout = project_state_dict(raw, source)
+    if raw.get("format") == FORMAT or layout == PROJECT_LAYOUT:
+        raise CheckpointError(f"{source}: not a checkpoint of a method's original code (TOP-ReID, DeMo; already "
+                              "converted, or another model?)")
     num_classes, cameras = sizes_from_state(converted, source)
     model = build_model(cfg, num_classes, cameras)
     load_model_weights(model, raw, source=source)  # strict: raises when the config does not match
     save_checkpoint(output, model_payload(model, cfg, num_classes, cameras, source=os.path.abspath(source)))
-    logger.info("wrote %s (%d identities, %d cameras, heads %s)", output, num_classes, cameras,
-                ", ".join(model.heads))
+    logger.info("wrote %s from the %s layout (%d identities, %d cameras, heads %s)", output, layout, num_classes,
+                cameras, ", ".join(model.heads))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,9 @@ tools names a method:
     cams=...)``: the test feature, one backbone pass serving every missing-spectrum setting of a batch, each method
     handling a missing spectrum its own way (TOP-ReID reconstructs it with CRM; DeMo zero-fills its image);
   * ``backbone_prefix``: the parameter-name prefix of its backbone, for the backbone's learning rate;
-- ``aux_losses(cfg)`` -> the weight of each auxiliary loss the model returns.
+- ``aux_losses(cfg)`` -> the weight of each auxiliary loss the model returns;
+- ``original``: the checkpoint layout of its original code and the key map from it (:class:`OriginalLayout`), so
+  that ``TEST.WEIGHT``, the tools and ``tools/convert_checkpoint.py`` take the original's checkpoints.
 
 Register one with::
 
@@ -22,15 +24,18 @@ Register one with::
 after which ``MODEL.META_ARCHITECTURE MyMethod`` validates, trains, evaluates and sweeps.
 """
 
-from modeling.methods import topreid  # noqa: F401  (registers TOPReID)
+from modeling.methods import demo, topreid  # noqa: F401  (each registers itself)
 from modeling.methods.registry import (
     Method,
+    OriginalLayout,
     build_model,
     get_method,
     method_names,
     method_of,
+    original_layouts,
     register_method,
     unregister_method,
 )
 
-__all__ = ["Method", "build_model", "get_method", "method_names", "method_of", "register_method", "unregister_method"]
+__all__ = ["Method", "OriginalLayout", "build_model", "get_method", "method_names", "method_of", "original_layouts",
+           "register_method", "unregister_method"]

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,23 +14,35 @@ Builder = Callable[..., nn.Module]
 
 
 @dataclass(frozen=True)
+class OriginalLayout:
+    """The checkpoint layout of a method's original code: ``matches(state)`` recognises a state_dict of it (with or
+    without ``module.``), ``convert(state, model)`` maps it to the project's names -> (state_dict, dropped keys)."""
+
+    name: str  # "original TOP-ReID", in messages
+    matches: Callable[[Mapping[str, Any]], bool]
+    convert: Callable[[Mapping[str, Any], nn.Module], tuple[dict[str, Any], list[str]]]
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     build: Builder
     aux_losses: Callable[[CfgNode], dict[str, float]]
+    original: OriginalLayout | None = None
 
 
 _METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, aux_losses: Callable[[CfgNode], dict[str, float]] = lambda cfg: {}
-                    ) -> Callable[[Builder], Builder]:
-    """Decorator registering ``build(cfg, num_classes, num_cameras, pretrained=True)`` as method ``name``."""
+def register_method(name: str, aux_losses: Callable[[CfgNode], dict[str, float]] = lambda cfg: {},
+                    original: OriginalLayout | None = None) -> Callable[[Builder], Builder]:
+    """Decorator registering ``build(cfg, num_classes, num_cameras, pretrained=True)`` as method ``name``, with the
+    weights of its auxiliary losses and the checkpoint layout of its original code (loaded by ``TEST.WEIGHT``)."""
 
     def add(build: Builder) -> Builder:
         if name in _METHODS and _METHODS[name].build is not build:
             raise ValueError(f"method {name!r} is already registered")
-        _METHODS[name] = Method(name, build, aux_losses)
+        _METHODS[name] = Method(name, build, aux_losses, original)
         return build
 
     return add
@@ -49,6 +61,11 @@ def get_method(name: str) -> Method:
         raise ValueError(f"MODEL.META_ARCHITECTURE {name!r} is not a registered method; known: "
                          f"{', '.join(sorted(_METHODS))}")
     return _METHODS[name]
+
+
+def original_layouts() -> list[OriginalLayout]:
+    """The original-code checkpoint layouts of the registered methods."""
+    return [m.original for m in _METHODS.values() if m.original is not None]
 
 
 def method_of(cfg: CfgNode) -> Method:

@@ -5,17 +5,30 @@ from __future__ import annotations
 
 import logging
 
+from torch import nn
 from yacs.config import CfgNode
 
 from modeling.backbones import build_backbone
+from modeling.convert import convert_original_state_dict, is_original_layout
 from modeling.meta_arch import TOPReID
-from modeling.methods.registry import register_method
+from modeling.methods.registry import OriginalLayout, register_method
 from modeling.pretrained import load_imagenet_weights
+from utils.checkpoint import CheckpointError
 
 logger = logging.getLogger("modeling")
 
 
-@register_method("TOPReID", aux_losses=lambda cfg: {"crm": float(cfg.MODEL.CRM_LOSS_WEIGHT)})
+def _convert_original(state, model):
+    heads = model.heads.keys() if isinstance(getattr(model, "heads", None), nn.ModuleDict) else None
+    if getattr(getattr(model, "backbones", None), "is_shared", False):
+        raise CheckpointError("a checkpoint of the original TOP-ReID code has one backbone per spectrum; it cannot be "
+                              "converted into a model with MODEL.SHARED_BACKBONE True (set MODEL.SHARED_BACKBONE "
+                              "False)")
+    return convert_original_state_dict(state, heads)
+
+
+@register_method("TOPReID", aux_losses=lambda cfg: {"crm": float(cfg.MODEL.CRM_LOSS_WEIGHT)},
+                 original=OriginalLayout("original TOP-ReID", is_original_layout, _convert_original))
 def build_topreid(cfg: CfgNode, num_classes: int, camera_num: int, pretrained: bool = True) -> TOPReID:
     """TOP-ReID from MODEL.*, INPUT.SIZE_TRAIN and TEST.NECK_FEAT.
 
