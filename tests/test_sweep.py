@@ -486,8 +486,31 @@ def spec_numbers() -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     }
 
 
+def demo_spec_numbers() -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """DeMo's published figures in SPEC_DeMo.md, parsed: file stem -> row -> setting -> metric -> percent."""
+    spec = SPEC.parent / "SPEC_DeMo.md"
+    if not spec.is_file():
+        pytest.skip(f"{spec} not found")
+    text = " ".join(spec.read_text().split("## Published numbers", 1)[1].split("## ", 1)[0].split())
+    n = r"(\d+(?:\.\d+)?)"
+    metrics = ("mAP", "Rank-1", "Rank-5", "Rank-10")
+    rows = {}
+    for dataset, vit, clip in re.findall(r"(RGBNT201|RGBNT100|MSVR310) \*([\d./]+), †([\d./]+)", text):
+        for backbone, figures in (("vit", vit), ("clip", clip)):
+            rows[f"{dataset}_{backbone}"] = {"nothing": dict(zip(metrics, map(float, figures.strip(".").split("/"))))}
+    missing_text = text.split("Missing spectra", 1)[1].split("Ablation", 1)[0]
+    missing = {}
+    for dataset in ("RGBNT201", "RGBNT100"):
+        section = missing_text.split(dataset, 1)[1].split("(", 1)[0]
+        pairs = re.findall(rf"{n}/{n}", section)
+        missing[dataset] = {"nothing": {m: rows[f"{dataset}_clip"]["nothing"][m] for m in ("mAP", "Rank-1")},
+                            **{s: {"mAP": float(a), "Rank-1": float(b)}
+                               for s, (a, b) in zip(("r", "n", "t", "rn", "rt", "nt"), pairs)}}
+    return {"DeMo_multispectral": rows, "DeMo_missing": missing}
+
+
 def test_shipped_sweep_files_validate_and_quote_spec(tmp_path):
-    expected = spec_numbers()
+    expected = {**spec_numbers(), **demo_spec_numbers()}
     files = sorted(PAPER.glob("*.yml"))
     assert {f.stem for f in files} == set(expected)
     for path in files:
