@@ -117,6 +117,12 @@ class TOPReID(nn.Module):
             head_modules.update({s: BNNeckHead(self.dim, num_classes) for s in spectra})
         self.heads = nn.ModuleDict(head_modules)
 
+    @property
+    def fills_missing(self) -> bool:
+        """Whether a missing spectrum's part of the feature is filled (CRM reconstructs it) rather than left at zero:
+        only then can query and gallery sides without a common spectrum be compared (``TEST.CROSS``)."""
+        return self.crm is not None
+
     # ------------------------------------------------------------------------------------------------------------
     def backbone_tokens(self, images: Mapping[str, torch.Tensor], cam_label: torch.Tensor | None = None,
                         ) -> dict[str, torch.Tensor]:

@@ -54,7 +54,7 @@ def cross_pairs(cross: str | Sequence[str], model: nn.Module | None = None) -> l
     except ValueError as err:
         raise ValueError(f"TEST.CROSS = {cross!r} for a model of spectra {list(model.spectra)}: {err}") from None
     for pair in pairs:
-        problem = cross_refusal(pair, has_crm=getattr(model, "crm", None) is not None)
+        problem = cross_refusal(pair, has_crm=bool(getattr(model, "fills_missing", False)))
         if problem:
             raise ValueError(f"TEST.CROSS: {problem}")
     return pairs

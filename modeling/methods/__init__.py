@@ -11,6 +11,8 @@ tools names a method:
     cams=...)``: the test feature, one backbone pass serving every missing-spectrum setting of a batch, each method
     handling a missing spectrum its own way (TOP-ReID reconstructs it with CRM; DeMo zero-fills its image);
   * ``backbone_prefix``: the parameter-name prefix of its backbone, for the backbone's learning rate;
+  * ``fills_missing``: whether a missing spectrum's part of the feature is filled (reconstructed, or computed from a
+    zero image) rather than zero, which cross-spectral pairs without a common spectrum need;
 - ``aux_losses(cfg)`` -> the weight of each auxiliary loss the model returns;
 - ``original``: the checkpoint layout of its original code and the key map from it (:class:`OriginalLayout`), so
   that ``TEST.WEIGHT``, the tools and ``tools/convert_checkpoint.py`` take the original's checkpoints.

@@ -265,6 +265,7 @@ class DeMo(nn.Module):
 
     spectra: tuple[str, ...] = SPECTRA
     backbone_prefix = "backbone."
+    fills_missing = True  # a missing spectrum is a zero image through the backbone: every part of the feature is set
 
     def __init__(self, backbone: nn.Module, num_classes: int, img_size: Sequence[int], *, cls_cameras: int = 0,
                  sie_coe: float = 1.0, direct: bool = True, moe_heads: int = 4, feature: str = "cat",
