@@ -62,6 +62,26 @@ def _wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _incarnation(log) -> str:
+    """The log of the run's latest start (from its last "versions" line)."""
+    text = log.read_text() if log.exists() else ""
+    return text.rsplit("processor.trainer INFO: versions", 1)[-1] if "versions" in text else ""
+
+
+def _requeue_while_training(log, job_id: str, deadline: float) -> bool:
+    """``scontrol requeue`` the job once its current start is training, until one requeue stops the run (its
+    SIGTERM; the time-limit warning may stop a start first, then the next start is tried)."""
+    while time.time() < deadline:
+        current = _incarnation(log)
+        if len(_ITER.findall(current)) >= 2 and "interrupted by" not in current:
+            subprocess.run(["scontrol", "requeue", job_id], capture_output=True)
+            _wait_for(lambda: "interrupted by" in _incarnation(log), 120, "the requeued run to stop")
+            if "interrupted by SIGTERM" in _incarnation(log):
+                return True
+        time.sleep(0.3)
+    return False
+
+
 def test_sweep_on_slurm_survives_requeue_and_time_limits(slurm_cluster, demo_root, tmp_path):
     sweep_file = tmp_path / "slurm_lifecycle.yml"
     sweep_file.write_text(yaml.safe_dump({
@@ -85,9 +105,9 @@ def test_sweep_on_slurm_survives_requeue_and_time_limits(slurm_cluster, demo_roo
               120, "both jobs submitted")
     # A second invocation while the jobs are queued or running: it must watch them, never submit them again.
     second = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for(lambda: len(_iterations(requeued_dir / "train_log.txt")) >= 3, 300, "the first steps of a run")
     job_id = json.loads((requeued_dir / ".sweep_job.json").read_text())["job_id"]
-    subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+    assert _requeue_while_training(requeued_dir / "train_log.txt", job_id, deadline=time.time() + 600), \
+        "no scontrol requeue landed while the run was training"
 
     try:
         first_out, _ = first.communicate(timeout=DEADLINE_S)
