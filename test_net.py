@@ -1,6 +1,7 @@
 """Evaluate a checkpoint: ``python test_net.py --config_file CFG TEST.WEIGHT path.pth [TEST.MISS all] [KEY VALUE ...]``.
 
-``TEST.WEIGHT`` may be a checkpoint of this project or one trained by the original TOP-ReID code. ``TEST.MISS all``
+``TEST.WEIGHT`` may be a checkpoint of this project or one trained by a method's original code (TOP-ReID, DeMo: a
+plain state_dict, ``module.`` prefixes allowed), for the config's ``MODEL.META_ARCHITECTURE``. ``TEST.MISS all``
 evaluates the seven missing-spectrum settings in one pass over the test set and prints the paper's table.
 ``TEST.CROSS all`` (or ``'RGB->TI, RGB+NI->TI'``) adds the cross-spectral pairs to the same pass and prints the query
 x gallery mAP matrix. Results go to ``OUTPUT_DIR/results.json`` (and ``features.npz`` with
@@ -22,7 +23,7 @@ logger = logging.getLogger("topreid")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Evaluate TOP-ReID")
+    parser = argparse.ArgumentParser(description="Evaluate a checkpoint of a registered method")
     parser.add_argument("--config_file", default="", help="path to a YAML config")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs overriding the config")
     return parser.parse_args(argv)

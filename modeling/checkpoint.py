@@ -5,8 +5,9 @@ Every checkpoint this project writes is ``model_payload(...)`` plus optional sec
 ``last.pth``, metrics in ``best.pth``, the source file of a converted one). The payload stores what shapes the model
 besides the config (the number of identities and cameras, which come from the training data) and the config keys
 that decide its architecture, so :func:`model_from_checkpoint` needs no data set and guesses nothing. Checkpoints
-written before these entries existed, bare state_dicts and checkpoints of the original TOP-ReID code still load:
-their sizes are read from the classifier and camera-embedding rows.
+written before these entries existed, bare state_dicts and checkpoints of a registered method's original code
+(TOP-ReID, DeMo) still load: their sizes are read from the classifier and camera-embedding rows, and a checkpoint of
+an original code records its method by its layout.
 """
 
 from __future__ import annotations
@@ -50,9 +51,24 @@ def model_payload(model: nn.Module, cfg: CfgNode, num_classes: int, num_cameras:
             "num_cameras": int(num_cameras), "arch": arch_of(cfg), "config": cfg.dump(), **sections}
 
 
+def original_method(checkpoint: Mapping[str, Any]) -> str | None:
+    """The registered method whose original code wrote ``checkpoint`` (recognised by its key layout), or None."""
+    from modeling.methods import get_method, method_names
+
+    try:
+        state = unwrap_state_dict(checkpoint, "", tensors_only=True)
+    except CheckpointError:
+        return None
+    for name in method_names():
+        layout = get_method(name).original
+        if layout is not None and layout.matches(state):
+            return name
+    return None
+
+
 def saved_arch(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     """The architecture keys a checkpoint records: its ``arch`` entry, or those of its saved config (older
-    checkpoints of this project); empty for files that record neither."""
+    checkpoints of this project), or the method of an original code's layout; empty for other files."""
     if isinstance(checkpoint.get("arch"), Mapping):  # written before methods were registered: TOP-ReID's
         return {"MODEL.META_ARCHITECTURE": "TOPReID", **checkpoint["arch"]}
     if isinstance(checkpoint.get("config"), str):
@@ -65,7 +81,8 @@ def saved_arch(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
                 continue
         out.setdefault("MODEL.META_ARCHITECTURE", "TOPReID")
         return out
-    return {}
+    method = original_method(checkpoint)
+    return {"MODEL.META_ARCHITECTURE": method} if method is not None else {}
 
 
 def check_arch(checkpoint: Mapping[str, Any], cfg: CfgNode, path: str,
@@ -87,8 +104,8 @@ def sizes_from_state(state: Mapping[str, torch.Tensor], path: str) -> tuple[int,
     and of its camera embedding (0 when it has none)."""
     classes = {int(v.shape[0]) for k, v in state.items() if k.startswith("heads.") and k.endswith(".classifier.weight")}
     if len(classes) != 1:
-        raise CheckpointError(f"{path}: not a TOP-ReID checkpoint (the number of identities cannot be read from "
-                              f"heads.*.classifier.weight: found {sorted(classes) or 'none'})")
+        raise CheckpointError(f"{path}: not a checkpoint of a registered method (the number of identities cannot be "
+                              f"read from heads.*.classifier.weight: found {sorted(classes) or 'none'})")
     cameras = {int(v.shape[0]) for k, v in state.items() if k.endswith((".sie_embed", "camera_embed"))}
     return classes.pop(), max(cameras, default=0)
 

@@ -18,19 +18,14 @@ logger = logging.getLogger(__name__)
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of a TOP-ReID model: each backbone's ``blocks``, TPM's three rotation blocks, every block of
-    every CRM reconstructor."""
+    """The repeated blocks of a model: what its method lists (``model.transformer_blocks()``: TOP-ReID adds TPM's
+    and CRM's blocks), else every entry of every ``blocks`` list of its backbones (timm's name), each once."""
+    if callable(getattr(model, "transformer_blocks", None)):
+        return list(model.transformer_blocks())
     blocks: list[nn.Module] = []
-    for backbone in getattr(model, "backbones", {}).values():
-        blocks.extend(getattr(backbone, "blocks", []))
-    tpm = getattr(model, "tpm", None)
-    if tpm is not None:
-        blocks.extend([tpm.start, tpm.middle, tpm.end])
-    crm = getattr(model, "crm", None)
-    if crm is not None:
-        for targets in crm.recon.values():
-            for reconstructor in targets.values():
-                blocks.extend(reconstructor)
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "blocks" and isinstance(module, (nn.Sequential, nn.ModuleList)):
+            blocks.extend(b for b in module if all(b is not seen for seen in blocks))
     return blocks
 
 

@@ -123,6 +123,20 @@ class TOPReID(nn.Module):
         only then can query and gallery sides without a common spectrum be compared (``TEST.CROSS``)."""
         return self.crm is not None
 
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The repeated blocks (``MODEL.COMPILE``): each backbone's ``blocks`` (a shared one once), TPM's three
+        rotation blocks, every block of every CRM reconstructor."""
+        blocks: list[nn.Module] = []
+        for backbone in self.backbones.values():
+            blocks.extend(b for b in getattr(backbone, "blocks", []) if all(b is not seen for seen in blocks))
+        if self.tpm is not None:
+            blocks.extend([self.tpm.start, self.tpm.middle, self.tpm.end])
+        if self.crm is not None:
+            for targets in self.crm.recon.values():
+                for reconstructor in targets.values():
+                    blocks.extend(reconstructor)
+        return blocks
+
     # ------------------------------------------------------------------------------------------------------------
     def backbone_tokens(self, images: Mapping[str, torch.Tensor], cam_label: torch.Tensor | None = None,
                         ) -> dict[str, torch.Tensor]:

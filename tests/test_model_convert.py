@@ -170,11 +170,11 @@ def test_count_params_command(capsys):
     out = capsys.readouterr().out
     rows = {line.split()[0] + (" " + line.split()[1] if line.startswith("backbone") else ""): line.split()
             for line in out.splitlines()[2:]}
-    assert set(rows) == {"backbone RGB", "backbone NI", "backbone TI", "TPM", "CRM", "heads", "total"}
+    assert set(rows) == {"backbone RGB", "backbone NI", "backbone TI", "tpm", "crm", "heads", "total"}
     model = demo_model()
     assert float(rows["total"][1]) == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6, abs=0.01)
-    assert float(rows["CRM"][-2]) > 0 and float(rows["CRM"][-1]) == 0  # CRM runs in training only
-    assert float(rows["backbone RGB"][-1]) > float(rows["TPM"][-1]) > 0
+    assert float(rows["crm"][-2]) > 0 and float(rows["crm"][-1]) == 0  # CRM runs in training only
+    assert float(rows["backbone RGB"][-1]) > float(rows["tpm"][-1]) > 0
 
 
 def test_backbone_flops_equal_the_vit_formula():

@@ -1,6 +1,7 @@
-"""What the research tools share: the command line, the one-line error exit, and the picture helpers. Models and
-features come from :class:`processor.predictor.Predictor` (the checkpoint in ``TEST.WEIGHT``, with the number of
-identities and cameras it records, so a tool that works on a folder of images needs no data set on disk).
+"""What the research tools share: the command line, the one-line error exit, the picture helpers and where a
+method's backbone is. Models and features come from :class:`processor.predictor.Predictor` (the checkpoint in
+``TEST.WEIGHT``, with the number of identities and cameras it records, so a tool that works on a folder of images
+needs no data set on disk).
 
 Command line: ``python tools/X.py --config_file CFG [--options] [KEY VALUE ...]``; the config's KEY VALUE pairs may
 stand anywhere on the line. A failure the user can fix (checkpoint of another architecture, unknown sample index,
@@ -16,10 +17,12 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from yacs.config import CfgNode
 
 from configs import ConfigError, get_cfg_defaults, load_config
@@ -124,6 +127,36 @@ def single_setting(cfg: CfgNode) -> str:
         raise ToolError(f"TEST.MISS {setting!r}: this tool works on one missing-spectrum setting; choose one of "
                         f"{', '.join(MISS_SETTINGS)}")
     return setting
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The model's backbone.
+
+@dataclass(frozen=True)
+class Backbones:
+    """Where a method's backbone is (the module under its declared ``backbone_prefix``): per spectrum, the module path
+    (relative to the model) and the module that turns its images into tokens; ``shared`` when one module serves every
+    spectrum (it then runs the spectra's images as one batch, in the model's spectrum order)."""
+
+    root: str  # the path of the module under ``backbone_prefix``
+    paths: dict[str, str]
+    modules: dict[str, nn.Module]
+    shared: bool
+
+
+def model_backbones(model: nn.Module) -> Backbones:
+    """The backbone of ``model``: the module at its ``backbone_prefix``, split per spectrum when it holds a module
+    named after each spectrum, one shared module otherwise."""
+    path = getattr(model, "backbone_prefix", "backbones.").rstrip(".")
+    try:
+        root = model.get_submodule(path)
+    except AttributeError:
+        raise ToolError(f"the model declares backbone_prefix {path + '.'!r} but has no module {path!r}") from None
+    children = dict(root.named_children())
+    if all(s in children for s in model.spectra):
+        return Backbones(path, {s: f"{path}.{s}" for s in model.spectra}, {s: children[s] for s in model.spectra},
+                         False)
+    return Backbones(path, {s: path for s in model.spectra}, {s: root for s in model.spectra}, len(model.spectra) > 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
     python tools/convert_checkpoint.py --config_file configs/RGBNT201/TOP-ReID.yml --input TOPReID.pth \\
         --output topreid_rgbnt201.pth [--force] [KEY VALUE ...]
 
-The original keys are mapped to this project's names (the method's key map), the model is built from the config
-(number of identities and cameras read from the checkpoint) and must load the result strictly; then
+The original keys are mapped to this project's names (the method's key map), the checkpoint's method (known from its
+layout) must be the config's MODEL.META_ARCHITECTURE, the model is built from the config (number of identities and
+cameras read from the checkpoint) and must load the result strictly; then
 ``{"format": "topreid", "model": state_dict, "config": ..., "source": input}`` is written. An existing output is
 kept unless ``--force`` is given.
 """
@@ -26,7 +27,8 @@ logger = logging.getLogger("tools.convert_checkpoint")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Convert an original TOP-ReID checkpoint to this project's format")
+    parser = argparse.ArgumentParser(
+        description="Convert a checkpoint of a method's original code (TOP-ReID, DeMo) to this project's format")
     parser.add_argument("--config_file", default="", help="YAML config of the model the checkpoint was trained as")
     parser.add_argument("--input", required=True, help="checkpoint written by the original code")
     parser.add_argument("--output", required=True, help="converted checkpoint to write")
@@ -39,6 +41,7 @@ def convert(config_file: str, opts: list[str], source: str, output: str) -> None
     from modeling import build_model
     from modeling.checkpoint import (
         PROJECT_LAYOUT,
+        check_arch,
         load_model_weights,
         model_payload,
         project_state_dict,
@@ -47,6 +50,7 @@ def convert(config_file: str, opts: list[str], source: str, output: str) -> None
 
     cfg = load_config(config_file, [*opts, "MODEL.PRETRAIN_CHOICE", "none"])
     raw = safe_load(source)
+    check_arch(raw, cfg, source)
     converted, _, layout = project_state_dict(raw, source)
     if raw.get("format") == FORMAT or layout == PROJECT_LAYOUT:
         raise CheckpointError(f"{source}: not a checkpoint of a method's original code (TOP-ReID, DeMo; already "

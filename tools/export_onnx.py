@@ -7,13 +7,16 @@ Inputs of the graph: one image batch per available spectrum, named after it (``R
 [B, 3, H, W], normalised as the test transform does), then ``camids`` (int64 [B]; absent from the graph when the
 model has no camera embedding). Output ``feature``: the test feature [B, F] as ``model(images, camids, missing)``
 returns it, before the L2 normalisation of the evaluation (``tools/search.py`` normalises). The batch size is
-dynamic. The spectra the setting removes are no inputs: their tokens come from CRM inside the graph.
+dynamic. The spectra the setting removes are no inputs: the method's handling of a missing spectrum (TOP-ReID's
+CRM reconstruction, say) is inside the graph. The default file name is ``<method>_<setting>.onnx``, the method's
+MODEL.META_ARCHITECTURE in lower case (``topreid_r.onnx``).
 
 The check runs the exported file with onnxruntime (CPU) on ``--check-images`` real test images (a batch size other
 than the one traced) and compares with PyTorch; the maximum absolute difference is logged and written with the
-inputs to ``<output>.json``, and above ``--atol`` the tool fails. The graph is made by the TorchScript-based
-exporter (``dynamo=False``): the torch.export-based one needs the onnxscript package and, on the demo model, took
-about 15 times longer (14 s against 0.8 s) and did not keep the batch size dynamic.
+inputs to ``<output>.json``, and above ``--atol`` the tool fails, as it does when onnxruntime cannot run the graph on
+that batch (a model whose test path branches on the batch's values, which the trace fixes). The graph is made by the
+TorchScript-based exporter (``dynamo=False``): the torch.export-based one needs the onnxscript package and, on the
+demo model, took about 15 times longer (14 s against 0.8 s) and did not keep the batch size dynamic.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from data.build import build_query_gallery  # noqa: E402
 from processor.predictor import Predictor  # noqa: E402
 from tools.common import (  # noqa: E402
     ToolError,
+    first_line,
     output_path,
     parse_tool_args,
     run_tool,
@@ -52,8 +56,8 @@ TRACE_BATCH = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = tool_parser("Export the TOP-ReID feature extractor of one missing-spectrum setting to ONNX")
-    parser.add_argument("--output", default="", help="ONNX file (default OUTPUT_DIR/topreid_<setting>.onnx)")
+    parser = tool_parser("Export the test feature extractor of one missing-spectrum setting to ONNX")
+    parser.add_argument("--output", default="", help="ONNX file (default OUTPUT_DIR/<method>_<setting>.onnx)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
     parser.add_argument("--check-images", type=int, default=16, help="test images of the onnxruntime check")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |ONNX - PyTorch| of the check")
@@ -94,6 +98,14 @@ def onnx_features(path: str, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray,
     return session.run(["feature"], {n: inputs[n] for n in names})[0], names
 
 
+def onnxruntime_errors() -> tuple[type[Exception], ...]:
+    """What onnxruntime raises when a graph cannot run on its inputs (its exception types derive from Exception)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "RuntimeException")
+    return tuple(getattr(state, name) for name in names if hasattr(state, name))
+
+
 def run(args: argparse.Namespace) -> float:
     cfg = tool_config(args)
     setting = single_setting(cfg)
@@ -110,11 +122,16 @@ def run(args: argparse.Namespace) -> float:
     camids = torch.cat([b["camid"] for b in batches])
     example = [images[s][:TRACE_BATCH] for s in spectra] + [camids[:TRACE_BATCH]]
 
-    path = output_path(cfg, args.output, f"topreid_{setting}.onnx")
+    path = output_path(cfg, args.output, f"{cfg.MODEL.META_ARCHITECTURE.lower()}_{setting}.onnx")
     export(extractor, example, path, args.opset)
     with torch.no_grad():
         reference = extractor(*[images[s] for s in spectra], camids).numpy()
-    result, graph_inputs = onnx_features(path, {**{s: images[s].numpy() for s in spectra}, "camids": camids.numpy()})
+    try:
+        result, graph_inputs = onnx_features(path, {**{s: images[s].numpy() for s in spectra},
+                                                    "camids": camids.numpy()})
+    except onnxruntime_errors() as err:
+        raise ToolError(f"{path}: onnxruntime cannot run the exported graph on {len(check)} test images (traced on "
+                        f"{TRACE_BATCH}): {first_line(err)}") from None
     diff = float(np.abs(result - reference).max())
     logger.info("wrote %s; onnxruntime vs PyTorch on %d test images: max abs difference %.3e (feature values up "
                 "to %.3g)", path, len(check), diff, float(np.abs(reference).max()))

@@ -4,12 +4,15 @@
         --samples 0 5 7 [--reference 3] [TEST.MISS r] [--tile-height 128] [--output grad_cam.png]
 
 ``--samples`` are indices into query + gallery (the evaluation's order). The maps come from the ``grad-cam``
-package (``pytorch_grad_cam.GradCAM``): the target layer is the last transformer block of one spectrum's backbone,
-its patch tokens are reshaped to the patch grid (the CLS token dropped), and the target is a scalar of the test
-feature f (TPM output, before normalisation): its projection f . u on a fixed unit vector u. By default u is the
-sample's own feature direction, so the map shows where the feature gets its strength (at f, the gradient of f . u
-is the gradient of |f|); with ``--reference R`` u is sample R's normalised feature, so the map shows what makes the
-sample similar to R (a cosine similarity up to the norm of f). Spectra that ``TEST.MISS`` removes are not shown.
+package (``pytorch_grad_cam.GradCAM``): the target layer is the last transformer block of the spectrum's backbone
+(the module under the method's ``backbone_prefix``: one per spectrum, or one shared by the spectra, which then run
+through it as one batch), its patch tokens are reshaped to the patch grid (the CLS token dropped), and the target
+is a scalar of the method's test feature f (before normalisation): its projection f . u on a fixed unit vector u.
+Only the block's first call in a forward is used: the pass over the given images (a method may run its backbone
+again, e.g. on zero images standing in for a missing spectrum). By default u is the sample's own feature direction,
+so the map shows where the feature gets its strength (at f, the gradient of f . u is the gradient of |f|); with
+``--reference R`` u is sample R's normalised feature, so the map shows what makes the sample similar to R (a cosine
+similarity up to the norm of f). Spectra that ``TEST.MISS`` removes are not shown.
 
 Writes ``OUTPUT_DIR/grad_cam_<setting>.png`` (one row per sample: each spectrum's image and its overlay) and, next
 to it, a ``.npz`` with the maps (``maps`` [samples, spectra, H, W] in [0, 1] at the input size, ``samples``,
@@ -35,8 +38,10 @@ from torch import nn  # noqa: E402
 from data.build import build_query_gallery  # noqa: E402
 from processor.predictor import Predictor  # noqa: E402
 from tools.common import (  # noqa: E402
+    ToolError,
     check_indices,
     font,
+    model_backbones,
     output_path,
     parse_tool_args,
     record_images,
@@ -58,7 +63,7 @@ BACKGROUND = (255, 255, 255)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = tool_parser("Grad-CAM of the TOP-ReID test feature on each spectrum's last backbone block")
+    parser = tool_parser("Grad-CAM of the test feature on each spectrum's last backbone block")
     parser.add_argument("--samples", type=int, nargs="+", default=[0],
                         help="indices into query + gallery (the evaluation's order)")
     parser.add_argument("--reference", type=int, default=None,
@@ -104,6 +109,8 @@ def tokens_to_map(grid: tuple[int, int], part: tuple[int, int] = (0, 1)) -> Call
     index, count = part
 
     def reshape(tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[0] % count:
+            raise ValueError(f"the backbone block's batch of {tokens.shape[0]} does not hold {count} spectra")
         tokens = tokens.chunk(count)[index] if count > 1 else tokens
         patches = tokens[:, 1:]
         if patches.shape[1] != rows * cols:
@@ -111,6 +118,44 @@ def tokens_to_map(grid: tuple[int, int], part: tuple[int, int] = (0, 1)) -> Call
         return patches.reshape(patches.shape[0], rows, cols, patches.shape[2]).permute(0, 3, 1, 2)
 
     return reshape
+
+
+def last_block(backbone: nn.Module) -> tuple[nn.Module, tuple[int, int]]:
+    """(last transformer block, patch grid) of a backbone: the last entry of its ``blocks`` and its ``grid_size``
+    (timm's ViT names, which the project's backbones keep)."""
+    blocks = [m for name, m in backbone.named_modules() if name.rsplit(".", 1)[-1] == "blocks"
+              and isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m)]
+    grids = [m.grid_size for m in backbone.modules() if hasattr(m, "grid_size")]
+    if len(blocks) != 1 or not grids:
+        raise ToolError(f"Grad-CAM needs a transformer backbone with one list of blocks and a patch grid; "
+                        f"{type(backbone).__name__} has {len(blocks)} 'blocks' lists and "
+                        f"{'a' if grids else 'no'} grid_size")
+    return blocks[0][-1], tuple(grids[0])
+
+
+def first_call_recorder(model: nn.Module, layer: nn.Module, reshape: Callable[[torch.Tensor], torch.Tensor]):
+    """pytorch_grad_cam's recorder of activations and gradients, keeping only ``layer``'s first call in each forward
+    (a later call of the same block, such as a method's backbone pass on stand-in images for a missing spectrum, is
+    not the spectrum's own map)."""
+    from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
+
+    class FirstCall(ActivationsAndGradients):
+        calls = 0
+
+        def __call__(self, x):
+            self.calls = 0
+            return super().__call__(x)
+
+        def save_activation(self, module, input, output):
+            if self.calls == 0:
+                super().save_activation(module, input, output)
+
+        def save_gradient(self, module, input, output):  # registered after save_activation: ends the call
+            if self.calls == 0:
+                super().save_gradient(module, input, output)
+            self.calls += 1
+
+    return FirstCall(model, [layer], reshape)
 
 
 def grad_cam_maps(model: nn.Module, images: dict[str, torch.Tensor], cams: torch.Tensor, missing: frozenset[str],
@@ -122,14 +167,17 @@ def grad_cam_maps(model: nn.Module, images: dict[str, torch.Tensor], cams: torch
     wrapper = StackedSpectra(model, spectra, missing, cams)
     stacked = torch.cat([images[s] for s in spectra], dim=1)
     targets = [FeatureDirectionTarget(d) for d in directions]
-    maps = {}
+    backbones = model_backbones(model)
     # a shared backbone runs the available spectra as one batch, in the model's spectrum order
-    batched = [s for s in model.spectra if s in images] if model.backbones.is_shared else []
+    batched = [s for s in model.spectra if s in images] if backbones.shared else []
+    maps = {}
     for spectrum in spectra:
-        backbone = model.backbones[spectrum]
+        block, grid = last_block(backbones.modules[spectrum])
         part = (batched.index(spectrum), len(batched)) if len(batched) > 1 else (0, 1)
-        cam = GradCAM(model=wrapper, target_layers=[backbone.blocks[-1]],
-                      reshape_transform=tokens_to_map(tuple(backbone.grid_size), part))
+        reshape = tokens_to_map(grid, part)
+        cam = GradCAM(model=wrapper, target_layers=[block], reshape_transform=reshape)
+        cam.activations_and_grads.release()
+        cam.activations_and_grads = first_call_recorder(wrapper, block, reshape)
         try:
             with torch.enable_grad():
                 maps[spectrum] = cam(input_tensor=stacked, targets=targets)

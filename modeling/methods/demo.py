@@ -342,6 +342,9 @@ class DeMo(nn.Module):
         They depend only on the camera id, so the backbone runs once per camera not yet in ``cache`` (a dict
         shared by the settings of one batch) on a batch of zero images, and the result is expanded to the samples.
         """
+        if torch.jit.is_tracing():  # a traced graph (ONNX) follows the batch's size and cameras: no per-camera cache
+            param = next(self.backbone.parameters())
+            return self.run_backbone(param.new_zeros(batch, 3, *self.img_size), cams)
         store: dict[Any, torch.Tensor] = cache.setdefault("demo_zero_image", {}) if cache is not None else {}
         ids = [None] * batch if cams is None else [int(c) for c in cams.tolist()]
         todo = sorted({c for c in ids if c not in store}, key=lambda c: -1 if c is None else c)
