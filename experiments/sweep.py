@@ -51,6 +51,7 @@ import yaml
 from submitit.core.utils import FailedJobError
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from configs.resume import flat, flatten_config
 from experiments import slurm
 from utils.io import write_json
 from utils.spectra import MISS_SETTINGS
@@ -220,17 +221,6 @@ def load_sweep(path: str) -> Sweep:
 # ----------------------------------------------------------------------------------------------------------------------
 # Runs.
 
-def flatten_config(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"MODEL": {"DIRECT": True}}`` -> ``{"MODEL.DIRECT": True}`` (tuples as lists, so YAML and yacs agree)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(flatten_config(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
 @dataclass(frozen=True)
 class Run:
     """One training of a sweep: a row at a seed, in its own folder."""
@@ -288,7 +278,7 @@ def plan_runs(sweep: Sweep, root: str, rows: Sequence[str] | None = None, seeds:
             except ConfigError as err:
                 raise SweepError(f"{sweep.path}: row {row.name!r}: {_without_source(err)}") from None
             runs.append(Run(row.name, seed, output_dir, row.base, opts, int(cfg.SOLVER.MAX_EPOCHS),
-                            flatten_config(yaml.safe_load(cfg.dump())), gpus_per_run))
+                            flat(cfg), gpus_per_run))
     return runs
 
 
