@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one device check, for a fresh GPU machine: the CUDA tests (pytest -m cuda) and the GPU benchmark sections
-# (train step per backbone and precision, the seven-setting evaluation, a synthetic RGBNT201-sized epoch), everything
+# (TOP-ReID's train step per backbone and precision; DeMo's (configs/RGBNT201/DeMo.yml, CLIP ViT-B/16) train step and
+# seven-setting evaluation; TOP-ReID's seven-setting evaluation; a synthetic RGBNT201-sized epoch), everything
 # written into one folder, ${OUT:-bench_out}, within 6 minutes in all (each step gets a share of what is left).
 # That folder ends with four files: device_check.log (everything printed), summary.txt, results.json (the sections'
 # figures merged) and detail.tar.gz (nvidia-smi, the environment, the tests' report, each section's output).
@@ -70,7 +71,7 @@ record "CUDA tests" $rc
 tail -n 15 "$DETAIL/pytest_cuda.txt"
 
 # Most important first; each section writes its own file, so a section cut short loses only itself.
-for section in cuda:150 eval:45 epoch:90; do
+for section in cuda:150 demo:60 eval:45 epoch:90; do
     name=${section%%:*}
     step "benchmark section $name"
     timeout -k 10 "$(cap "${section##*:}")" "$PY" benchmarks/run.py --only "$name" "${SMOKE[@]}" \
@@ -87,7 +88,7 @@ import json, re, sys
 from pathlib import Path
 out, detail = Path(sys.argv[1]), Path(sys.argv[2])
 merged = {}
-for name in ("cuda", "eval", "epoch"):
+for name in ("cuda", "demo", "eval", "epoch"):
     f = detail / f"results_{name}.json"
     if f.exists():
         data = json.loads(f.read_text())
@@ -97,7 +98,7 @@ for name in ("cuda", "eval", "epoch"):
                 merged[key] = data[key]
 (out / "results.json").write_text(json.dumps(merged, indent=2))
 print("sections measured:", [k for k in merged if k != "machine"])
-for name in ("cuda", "eval", "epoch"):
+for name in ("cuda", "demo", "eval", "epoch"):
     text = detail / f"bench_{name}.txt"
     if text.exists():  # the figure lines, printed once as measured and again in the closing report
         lines = [l for l in text.read_text().splitlines() if re.match(r"(train step|evaluation|epoch) \D", l)]

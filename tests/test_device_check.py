@@ -1,5 +1,5 @@
 """benchmarks/device_check.sh, the one script run on a GPU machine, run here end to end with tiny sizes
-(``DEVICE_CHECK_SMOKE=1``): the packages check, the CUDA tests (skipped without a GPU), the three benchmark sections,
+(``DEVICE_CHECK_SMOKE=1``): the packages check, the CUDA tests (skipped without a GPU), the four benchmark sections,
 the merged results and the folder it leaves."""
 
 from __future__ import annotations
@@ -33,19 +33,26 @@ def test_device_check_runs_through_and_leaves_four_files(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["detail.tar.gz", "device_check.log", "results.json",
                                                      "summary.txt"]
     merged = json.loads((out / "results.json").read_text())
-    assert set(merged) == {"machine", "cuda_smoke", "eval_smoke", "epoch_smoke"}
+    assert set(merged) == {"machine", "cuda_smoke", "demo_smoke", "eval_smoke", "epoch_smoke"}
     train = merged["cuda_smoke"]
     (backbone,) = [k for k in train if isinstance(train[k], dict)]
     assert set(train[backbone]) == {"fp32", "bf16", "bf16+compile"}
     assert all(m["samples_per_s"] > 0 and m["flops_per_sample"] > 0 for m in train[backbone].values())
     assert merged["eval_smoke"]["settings"] == 7
+    demo = merged["demo_smoke"]
+    assert demo["method"] == "DeMo" and demo["config"] == "configs/RGBNT201/DeMo.yml"
+    assert set(demo["train"]) == {"fp32", "bf16", "bf16+compile"}
+    assert all(demo["train"][m]["samples_per_s"] > 0 for m in ("fp32", "bf16"))
+    assert demo["eval"]["settings"] == 7
     assert len(merged["epoch_smoke"]["epochs"]) == 2
 
     summary = (out / "summary.txt").read_text().splitlines()
-    assert summary[0] == "sections measured: ['cuda_smoke', 'eval_smoke', 'epoch_smoke']"
+    assert summary[0] == "sections measured: ['cuda_smoke', 'demo_smoke', 'eval_smoke', 'epoch_smoke']"
     figures = summary[1:]
-    assert len(figures) == len(set(figures)) == 5, figures  # three train-step modes, evaluation, epoch; once each
-    assert [line.split()[0] for line in figures] == ["train", "train", "train", "evaluation", "epoch"]
+    # three train-step modes of TOP-ReID and of DeMo, DeMo's evaluation, TOP-ReID's, the epoch; once each
+    assert len(figures) == len(set(figures)) == 9, figures
+    assert [line.split()[0] for line in figures] == ["train"] * 6 + ["evaluation"] * 2 + ["epoch"]
+    assert all(" DeMo " in line for line in figures[3:7])
 
     with tarfile.open(out / "detail.tar.gz") as tar:
         names = set(tar.getnames())
@@ -65,9 +72,9 @@ def test_device_check_out_of_time_names_the_steps_and_fails(tmp_path):
     assert result.returncode == 1
     failed = [line for line in result.stdout.splitlines() if line.startswith("failed: ")]
     # The CUDA tests (torch import and four skips) could end within their second on a fast machine.
-    assert failed[-3:] == ["failed: benchmark section cuda (out of time)", "failed: benchmark section eval (out of "
-                           "time)", "failed: benchmark section epoch (out of time)"]
-    assert failed[:-3] in ([], ["failed: CUDA tests (out of time)"])
+    assert failed[-4:] == [f"failed: benchmark section {name} (out of time)" for name in ("cuda", "demo", "eval",
+                                                                                          "epoch")]
+    assert failed[:-4] in ([], ["failed: CUDA tests (out of time)"])
     assert (out / "summary.txt").exists() and (out / "detail.tar.gz").exists()
 
 
