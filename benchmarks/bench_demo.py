@@ -505,28 +505,11 @@ def _device_eval(size: tuple[int, int], num_query: int, num_gallery: int, batch:
     """The seven-setting table of DeMo on a synthetic test set held in memory, as ``bench_gpu.bench_eval`` measures
     TOP-ReID's: feature extraction (bf16 on CUDA, compiled blocks) and the rank metrics, timed apart, after a
     warm-up pass that compiles."""
-    from benchmarks.bench_gpu import _compile_options, _MemoryLoader, _sync
-    from evaluation.evaluator import evaluate_settings
-    from modeling.compile import compile_blocks
-    from processor.inference import extract_features
+    from benchmarks.bench_gpu import time_table
 
     torch.manual_seed(0)
     model = build_model(_demo_cfg(size), num_classes=50, camera_num=8).to(device).eval()
-    compile_blocks(model, **_compile_options(device))
-    amp, settings = device.type == "cuda", list(MISS_SETTINGS)
-    start = time.perf_counter()
-    extract_features(model, _MemoryLoader(2 * batch - 1, batch, size, 50, 8), device, settings, amp, torch.bfloat16)
-    warmup_s = time.perf_counter() - start
-    loader = _MemoryLoader(num_query + num_gallery, batch, size, 50, 8)
-    _sync(device)
-    start = time.perf_counter()
-    extracted = extract_features(model, loader, device, settings, amp, torch.bfloat16)
-    features_s = time.perf_counter() - start
-    start = time.perf_counter()
-    results = evaluate_settings(extracted, num_query, "camid")
-    metrics_s = time.perf_counter() - start
-    return {"query": num_query, "gallery": num_gallery, "batch": batch, "bf16": amp, "settings": len(results),
-            "warmup_s": warmup_s, "features_s": features_s, "metrics_s": metrics_s, "total_s": features_s + metrics_s}
+    return time_table(model, device, size, num_query, num_gallery, batch)
 
 
 def bench_device_section(smoke: bool = False, steps: int = 10, warmup: int = 3,

@@ -22,6 +22,16 @@ SPECTRA = ("RGB", "NI", "TI")
 TOY_BACKBONE = "toy_vit"
 
 
+def load_reference_weights(folder: Path):
+    """``reference_weights.py`` of a reference folder (deterministic weights in an original layout), as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reference_weights", folder / "reference_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def register_toy_backbone() -> str:
     """A 2-block ViT (width 96, 3 heads) registered as ``toy_vit``: engine and tool tests train on it in seconds.
 

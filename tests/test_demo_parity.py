@@ -6,7 +6,6 @@ vectors the original code produced, for the CLIP and the ImageNet ViT-B/16 backb
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from modeling.methods.demo import SPECTRUM_SETS, CLIPTower, DeMo, build_demo, lo
 from modeling.methods.demo_convert import convert_demo_state_dict, is_demo_layout
 from modeling.pretrained import ACTIVATION_METADATA, clip_to_timm, resize_pos_embed
 from solver.optimizer import param_groups
+from tests.helpers import load_reference_weights
 from utils.checkpoint import CheckpointError
 from utils.spectra import MISS_SETTINGS, SPECTRA, missing_spectra
 
@@ -40,14 +40,7 @@ LABELS = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
 NUM_CLASSES = 171
 
 
-def _reference_module():
-    spec = importlib.util.spec_from_file_location("reference_weights", REFERENCE / "reference_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REF = _reference_module()
+REF = load_reference_weights(REFERENCE)
 
 
 @dataclass

@@ -5,7 +5,6 @@ the original code produced, for the three backbones of the paper."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from configs.config import load_config
 from modeling import TOPReID, build_model
 from modeling.checkpoint import load_model_weights
+from tests.helpers import load_reference_weights
 from utils.spectra import MISS_SETTINGS, missing_spectra
 
 REFERENCE = Path(__file__).parent / "data" / "reference"
@@ -25,14 +25,7 @@ BACKBONES = ("vit_base_patch16_224", "deit_small_patch16_224", "t2t_vit_t_24")
 pytestmark = pytest.mark.slow  # full-size backbones against the reference vectors
 
 
-def _reference_module():
-    spec = importlib.util.spec_from_file_location("reference_weights", REFERENCE / "reference_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REF = _reference_module()
+REF = load_reference_weights(REFERENCE)
 
 
 def id_loss(logits: torch.Tensor, labels: torch.Tensor, epsilon: float = 0.1) -> float:
