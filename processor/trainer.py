@@ -218,7 +218,9 @@ class Trainer:
         pids = batch["pid"].to(self.device, non_blocking=True)
         cams = batch["camid"].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            outputs = self.train_model(images, cams)
+            # A method whose training forward uses the identities (``takes_labels``: EDITOR's class centres) gets them.
+            labels = {"labels": pids} if getattr(self.model, "takes_labels", False) else {}
+            outputs = self.train_model(images, cams, **labels)
             loss, terms = self.loss_fn(outputs, pids)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -94,3 +94,27 @@ def test_a_method_registered_in_a_test_file_trains_resumes_and_evaluates(demo_ro
     other = load_config(None, tiny_opts(demo_root, str(tmp_path / "other")))
     with pytest.raises(CheckpointError, match=r"MODEL\.META_ARCHITECTURE = 'ToyMethod'.*'TOPReID'"):
         model_from_checkpoint(other, str(tmp_path / "ref" / "best.pth"))
+
+
+class ToyWithLabels(ToyMethod):
+    """The toy method whose training forward takes the batch's identities (as EDITOR's class centres need)."""
+
+    takes_labels = True
+
+    def forward(self, images, cam_label=None, missing=frozenset(), labels=None):
+        if self.training:
+            self.seen_labels = labels
+        return super().forward(images, cam_label, missing)
+
+
+def test_a_method_that_takes_labels_gets_the_batch_identities(demo_root, tmp_path):
+    name = "ToyWithLabels"
+    if name not in method_names():
+        register_method(name, aux_losses=lambda cfg: {"align": 0.5})(
+            lambda cfg, num_classes, num_cameras, pretrained=True: ToyWithLabels(num_classes))
+    trainer = Trainer(load_config(None, _opts(demo_root, tmp_path, **{"MODEL.META_ARCHITECTURE": name})))
+    trainer.sampler_epoch()
+    batch = next(iter(trainer.data.train_loader))
+    trainer.model.train()
+    trainer.run_step(batch)
+    assert torch.equal(trainer.model.seen_labels, batch["pid"])

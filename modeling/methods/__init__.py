@@ -10,6 +10,8 @@ tools names a method:
   * in eval mode ``backbone_tokens(images, cam_label)`` and ``features_from_tokens(tokens, missing, cache,
     cams=...)``: the test feature, one backbone pass serving every missing-spectrum setting of a batch, each method
     handling a missing spectrum its own way (TOP-ReID reconstructs it with CRM; DeMo zero-fills its image);
+  * ``takes_labels`` (optional, default False): the training forward is called as ``forward(images, cam_label,
+    labels=pids)``, for a method whose training forward uses the identities of the batch;
   * ``backbone_prefix``: the parameter-name prefix of its backbone, for the backbone's learning rate;
   * ``fills_missing``: whether a missing spectrum's part of the feature is filled (reconstructed, or computed from a
     zero image) rather than zero, which cross-spectral pairs without a common spectrum need;
