@@ -43,16 +43,16 @@ def run(cfg) -> dict:
 
     from data.build import build_query_gallery
     from evaluation import format_cross_matrix, format_table
-    from processor.inference import cross_pairs, extraction_settings, score, settings_for, write_results
+    from processor.inference import eval_pairs, eval_settings, extraction_settings, score, write_results
     from processor.predictor import Predictor
     from utils.env import device_description, git_commit, versions
     from utils.io import write_npz
     from utils.logger import setup_logger
 
     setup_logger(None)
-    settings = settings_for(cfg.TEST.MISS)
+    settings = eval_settings(cfg)
     predictor = Predictor.from_config(cfg)  # fails before anything is written
-    pairs = cross_pairs(cfg.TEST.CROSS, predictor.model)  # so does a pair this model cannot evaluate
+    pairs = eval_pairs(cfg, predictor.model)  # so does a pair this model cannot evaluate
     split = build_query_gallery(cfg)
     # Only now that the weights fit is anything written.
     out_dir = evaluation_dir(cfg.OUTPUT_DIR, cfg.TEST.WEIGHT)

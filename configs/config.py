@@ -19,7 +19,7 @@ from yacs.config import CfgNode as CN
 from configs.compat import REMOVED_KEYS
 from configs.defaults import LIST_STRINGS, RULES, get_cfg_defaults
 from utils.errors import ConfigError
-from utils.spectra import cross_refusal, parse_cross
+from utils.spectra import cross_refusal, existing_settings, parse_cross, setting_problem
 
 logger = logging.getLogger("configs")
 
@@ -166,20 +166,47 @@ def validate(cfg: CN) -> None:
     if cfg.DATALOADER.SAMPLER == "softmax_triplet" and cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
         raise ConfigError(f"config key SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} must be divisible by "
                           f"DATALOADER.NUM_INSTANCE = {cfg.DATALOADER.NUM_INSTANCE}")
-    _validate_cross(cfg)
+    copies = _validate_spectra(cfg)
+    _validate_cross(cfg, copies)
     if len(cfg.MODEL.SPECTRA) == 1 and not cfg.MODEL.BASE:
         raise ConfigError(f"config key MODEL.SPECTRA = {list(cfg.MODEL.SPECTRA)} holds one spectrum; TPM and CRM need "
                           "two or more, so set MODEL.BASE True for a single-spectrum baseline")
 
 
-def _validate_cross(cfg: CN) -> None:
-    """`TEST.CROSS` against the model: its spectra among MODEL.SPECTRA, and a model without CRM refused for a pair
-    of disjoint sides (see :func:`utils.spectra.cross_refusal`)."""
+def _validate_spectra(cfg: CN) -> dict[str, str]:
+    """MODEL.SPECTRA against the spectra the data set has (DATASETS.NAMES, DATASETS.NI_AS_TI), and a single TEST.MISS
+    setting against both. Returns the data set's copied slots (slot -> source)."""
+    from data.datasets import DatasetError, dataset_spectra
+
+    name, ni_as_ti = cfg.DATASETS.NAMES, cfg.DATASETS.NI_AS_TI
+    try:
+        available, copies = dataset_spectra(name, ni_as_ti)
+    except DatasetError as err:
+        raise ConfigError(f"config key DATASETS.NI_AS_TI = {ni_as_ti} with DATASETS.NAMES = {name!r}: {err}") from None
+    spectra = list(cfg.MODEL.SPECTRA)
+    lacking = [s for s in spectra if s not in available]
+    if lacking:
+        hint = " (or DATASETS.NI_AS_TI True: the NI image in the TI slot, as EDITOR)" if "TI" in lacking and \
+            "NI" in available and not ni_as_ti else ""
+        raise ConfigError(f"config key MODEL.SPECTRA = {spectra} holds {', '.join(lacking)}, which data set {name} "
+                          f"(DATASETS.NAMES) does not have: use spectra among {', '.join(available)}{hint}")
+    if cfg.TEST.MISS != "all":
+        problem = setting_problem(cfg.TEST.MISS, spectra, copies)
+        if problem:
+            raise ConfigError(f"config key TEST.MISS = {cfg.TEST.MISS!r} {problem} (MODEL.SPECTRA = {spectra}, "
+                              f"DATASETS.NAMES = {name!r}); the settings that exist: "
+                              f"{', '.join(existing_settings(spectra, copies))}, all")
+    return copies
+
+
+def _validate_cross(cfg: CN, copies: dict[str, str] | None = None) -> None:
+    """`TEST.CROSS` against the model: its spectra among MODEL.SPECTRA (a copied slot on its source's side), and a
+    model without CRM refused for a pair of disjoint sides (see :func:`utils.spectra.cross_refusal`)."""
     if not cfg.TEST.CROSS:
         return
     spectra = list(cfg.MODEL.SPECTRA)
     try:
-        pairs = parse_cross(cfg.TEST.CROSS, spectra)
+        pairs = parse_cross(cfg.TEST.CROSS, spectra, copies)
     except ValueError as err:
         raise ConfigError(f"config key TEST.CROSS = {cfg.TEST.CROSS!r} with MODEL.SPECTRA = {spectra}: {err}") from None
     if not pairs:

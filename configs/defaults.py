@@ -101,9 +101,13 @@ _C.INPUT.GPU_AUGMENT = False
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
-_C.DATASETS.NAMES = "RGBNT201"  # RGBNT201 | RGBNT100 | MSVR310 | demo
+_C.DATASETS.NAMES = "RGBNT201"  # RGBNT201 | RGBNT100 | MSVR310 | RGBNT300 | Market1501-MM | WMVEID863 | demo
 RULES["DATASETS.NAMES"] = dataset
 _C.DATASETS.ROOT_DIR = "./data"
+# For a data set with NI and no TI (RGBNT300): the TI slot holds each sample's NI image (the same tensor, augmentation
+# included), the convention of the published RGBNT300 numbers (EDITOR's collate). False: the data set has its two
+# spectra, and MODEL.SPECTRA names a subset of them. An error for a data set that has TI.
+_C.DATASETS.NI_AS_TI = False
 
 # ----------------------------------------------------------------------------------------------------------------------
 _C.DATALOADER = CN()

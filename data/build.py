@@ -89,13 +89,26 @@ def build_image_cache(cfg: CfgNode, records: list[Record], transform: Any, proce
     return cache
 
 
+def read_dataset(cfg: CfgNode) -> ReIDDataset:
+    """The data set of ``DATASETS.NAMES`` under ``DATASETS.ROOT_DIR``, with the NI image in the TI slot under
+    ``DATASETS.NI_AS_TI``; its spectra must hold ``MODEL.SPECTRA`` (the config's validation says so first)."""
+    dataset = build_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, cfg.DATASETS.NI_AS_TI)
+    lacking = [s for s in cfg.MODEL.SPECTRA if s not in dataset.spectra]
+    if lacking:
+        raise ConfigError(f"config key MODEL.SPECTRA = {list(cfg.MODEL.SPECTRA)} holds {', '.join(lacking)}, which "
+                          f"data set {dataset.name} (DATASETS.NAMES) does not have (it has "
+                          f"{', '.join(dataset.spectra)})")
+    return dataset
+
+
 def build_dataloader(cfg: CfgNode, distributed: bool = False) -> DataBundle:
     """Read the data set named by ``DATASETS.NAMES`` and build the train and test loaders.
 
-    Only the spectra in ``MODEL.SPECTRA`` are decoded. Under ``distributed`` every process takes its share of each
-    training batch (``SOLVER.IMS_PER_BATCH`` is the global batch); the test loader is the same on every process.
+    Only the spectra in ``MODEL.SPECTRA`` are decoded (a slot copied from another spectrum once, with its source).
+    Under ``distributed`` every process takes its share of each training batch (``SOLVER.IMS_PER_BATCH`` is the
+    global batch); the test loader is the same on every process.
     """
-    dataset = build_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+    dataset = read_dataset(cfg)
     rank, world_size = 0, 1
     if distributed:
         if not (dist.is_available() and dist.is_initialized()):
@@ -149,5 +162,5 @@ class QueryGallery:
 
 def build_query_gallery(cfg: CfgNode) -> QueryGallery:
     """Query + gallery records of the configured data set, in the evaluation's order."""
-    dataset = build_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+    dataset = read_dataset(cfg)
     return QueryGallery(dataset.query + dataset.gallery, len(dataset.query), dataset.junk_key)

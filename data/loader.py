@@ -122,18 +122,27 @@ def read_image(path: str) -> np.ndarray:
 
 def decode_record(record: Record, spectra: Sequence[str]) -> dict[str, np.ndarray]:
     """The uint8 [H, W, 3] images of ``spectra`` for one record, each file decoded once (a stitched file is split
-    into views of its parts)."""
+    into views of its parts; a copied slot is its source's array)."""
+    sources = {s: record.copies.get(s, s) for s in spectra}
+    absent = [s for s, source in sources.items() if source not in record.paths]
+    if absent:
+        raise DatasetError(f"sample {record.name} has no {', '.join(absent)} image (it offers "
+                           f"{', '.join(record.spectra)})")
+    needed = list(dict.fromkeys(sources.values()))
     if not record.stitched:
-        return {s: read_image(record.paths[s]) for s in spectra}
-    path = record.paths[spectra[0]]
-    image = read_image(path)
-    height, width = image.shape[:2]
-    parts = len(SPECTRA)
-    if width % parts:
-        raise DatasetError(f"stitched image {path} is {width} pixels wide, not {parts} equal parts "
-                           f"({', '.join(SPECTRA)} side by side)")
-    part = width // parts
-    return {s: image[:, SPECTRA.index(s) * part:(SPECTRA.index(s) + 1) * part] for s in spectra}
+        images = {s: read_image(record.paths[s]) for s in needed}
+    else:
+        path = record.paths[needed[0]]
+        image = read_image(path)
+        height, width = image.shape[:2]
+        order = list(record.paths)  # the strips, left to right
+        parts = len(order)
+        if width % parts:
+            raise DatasetError(f"stitched image {path} is {width} pixels wide, not {parts} equal parts "
+                               f"({', '.join(order)} side by side)")
+        part = width // parts
+        images = {s: image[:, order.index(s) * part:(order.index(s) + 1) * part] for s in needed}
+    return {s: images[sources[s]] for s in spectra}
 
 
 class ImageCache:
@@ -232,14 +241,21 @@ class MultiSpectralDataset(Dataset):
             images, transform = decode_record(record, self.spectra), self.transform
         else:
             images, transform = self.cache[index], self.transform.finish
+        # A copied slot gets the tensor of its source (transformed once, with the source's seed), as EDITOR's collate
+        # puts the NI tensor in the TI slot.
+        sources = {s: record.copies.get(s, s) for s in images}
+        by_source: dict[str, Any] = {}
         if seed is None:
-            tensors = {s: transform(img) for s, img in images.items()}
+            for s, img in images.items():
+                if sources[s] not in by_source:
+                    by_source[sources[s]] = transform(img)
         else:
-            tensors = {}
             with isolated_rng():
                 for s, img in images.items():
-                    seed_rng(seed if self.share_aug else spectrum_seed(seed, s))
-                    tensors[s] = transform(img)
+                    if sources[s] not in by_source:
+                        seed_rng(seed if self.share_aug else spectrum_seed(seed, sources[s]))
+                        by_source[sources[s]] = transform(img)
+        tensors = {s: by_source[sources[s]] for s in images}
         return {"images": tensors, "pid": record.pid, "camid": record.camid, "sceneid": record.sceneid,
                 "name": record.name}
 

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from evaluation import format_cross_matrix, format_table
-from processor.inference import cross_pairs, eval_amp, extract_features, extraction_settings, score, write_results
+from processor.inference import eval_amp, eval_pairs, extract_features, extraction_settings, score, write_results
 from utils.checkpoint import save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class EvalHook(HookBase):
     def evaluate(self) -> dict[str, Any]:
         t = self.trainer
         cfg = t.cfg
-        pairs = cross_pairs(cfg.TEST.CROSS, t.model)
+        pairs = eval_pairs(cfg, t.model)
         extracted = extract_features(t.model, t.data.test_loader, t.device, extraction_settings(t.settings, pairs),
                                      eval_amp(cfg, t.device), t.amp_dtype, check_stop=t.check_stop)
         if not t.main:

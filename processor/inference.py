@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,33 +24,67 @@ from torch import nn
 from torch.utils.data import DataLoader
 from yacs.config import CfgNode
 
+from data.datasets import dataset_spectra
 from evaluation import evaluate_cross, evaluate_settings
 from utils import distributed as du
 from utils.env import device_description, git_commit, versions
 from utils.io import write_json
-from utils.spectra import MISS_SETTINGS, CrossPair, cross_refusal, cross_sides, missing_spectra, parse_cross
+from utils.spectra import (
+    SPECTRA,
+    CrossPair,
+    cross_refusal,
+    cross_sides,
+    existing_settings,
+    missing_spectra,
+    parse_cross,
+    setting_problem,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def settings_for(miss: str) -> list[str]:
-    """`TEST.MISS` value -> the list of settings to evaluate."""
+def settings_for(miss: str, spectra: Sequence[str] = SPECTRA, copies: Mapping[str, str] | None = None) -> list[str]:
+    """`TEST.MISS` value -> the list of settings to evaluate for a model of ``spectra`` on data whose ``copies``
+    slots hold another spectrum's image: ``all`` is the settings that exist for them (seven for three spectra, three
+    for two, see :func:`utils.spectra.existing_settings`); a single setting that does not exist is an error."""
     if miss == "all":
-        return list(MISS_SETTINGS)
-    missing_spectra(miss)  # raises on an unknown setting
+        return existing_settings(spectra, copies)
+    problem = setting_problem(miss, spectra, copies)  # raises on an unknown setting
+    if problem:
+        raise ValueError(f"TEST.MISS {miss!r} {problem}")
     return [miss]
 
 
-def cross_pairs(cross: str | Sequence[str], model: nn.Module | None = None) -> list[CrossPair]:
+def spectrum_copies(cfg: CfgNode) -> dict[str, str]:
+    """The data set's copied slots (slot -> source: {"TI": "NI"} under DATASETS.NI_AS_TI), known from the config."""
+    return dataset_spectra(cfg.DATASETS.NAMES, cfg.DATASETS.NI_AS_TI)[1]
+
+
+def eval_settings(cfg: CfgNode) -> list[str]:
+    """The settings that training's evaluation and test_net.py score: `TEST.MISS` for MODEL.SPECTRA and the data set."""
+    return settings_for(cfg.TEST.MISS, cfg.MODEL.SPECTRA, spectrum_copies(cfg))
+
+
+def eval_pairs(cfg: CfgNode, model: nn.Module | None = None) -> list[CrossPair]:
+    """The `TEST.CROSS` pairs of ``model`` (default: of MODEL.SPECTRA, unchecked) on the configured data set (see
+    :func:`cross_pairs`)."""
+    if model is None:
+        return parse_cross(cfg.TEST.CROSS, cfg.MODEL.SPECTRA, spectrum_copies(cfg)) if cfg.TEST.CROSS else []
+    return cross_pairs(cfg.TEST.CROSS, model, spectrum_copies(cfg))
+
+
+def cross_pairs(cross: str | Sequence[str], model: nn.Module | None = None, copies: Mapping[str, str] | None = None
+                ) -> list[CrossPair]:
     """`TEST.CROSS` value -> its pairs ([] when off). With ``model``: spectra outside ``model.spectra`` and, for a
-    model without CRM, pairs of disjoint sides are errors (see :func:`utils.spectra.cross_refusal`)."""
+    model without CRM, pairs of disjoint sides are errors (see :func:`utils.spectra.cross_refusal`). A slot holding a
+    copy (``copies``) stays on its source's side."""
     if not cross:
         return []
     if model is None:
-        return parse_cross(cross)
+        return parse_cross(cross, SPECTRA, copies)
     model = getattr(model, "module", model)
     try:
-        pairs = parse_cross(cross, model.spectra)
+        pairs = parse_cross(cross, model.spectra, copies)
     except ValueError as err:
         raise ValueError(f"TEST.CROSS = {cross!r} for a model of spectra {list(model.spectra)}: {err}") from None
     for pair in pairs:

@@ -36,7 +36,7 @@ from modeling import build_model
 from modeling.checkpoint import check_arch, model_payload
 from modeling.compile import compile_blocks
 from processor.hooks import EvalHook, HookBase, LRScheduler, MetricLogger, PeriodicCheckpointer, StopOnSignal
-from processor.inference import settings_for
+from processor.inference import eval_settings
 from solver import build_optimizer, build_scheduler, optimizer_kernel
 from solver.optimizer import load_optimizer_state
 from utils import distributed as du
@@ -122,7 +122,7 @@ class Trainer:
                     cfg.SOLVER.AMP_DTYPE if self.amp else "no", self.optimizer_kernel,
                     "compiled blocks" if cfg.MODEL.COMPILE else "eager",
                     self.device.type if self.augment is not None else "the loader workers")
-        self.settings = settings_for(cfg.TEST.MISS)
+        self.settings = eval_settings(cfg)  # TEST.MISS: the settings that exist for the spectra
         self.max_epochs = cfg.SOLVER.MAX_EPOCHS
         self.iters_per_epoch = 0  # of the current epoch: set with the sampler's epoch (it may vary per epoch)
         self.start_epoch, self.start_iteration = 1, 0

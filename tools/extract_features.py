@@ -74,9 +74,9 @@ class Samples:
 
 
 def split_samples(cfg: CfgNode, split: str) -> Samples:
-    from data.datasets import build_dataset
+    from data.build import read_dataset
 
-    dataset = build_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+    dataset = read_dataset(cfg)
     records = getattr(dataset, split)
     return Samples(records, np.array([r.pid for r in records]), np.array([r.camid for r in records]),
                    f"{cfg.DATASETS.NAMES}/{split}")

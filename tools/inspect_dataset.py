@@ -3,8 +3,9 @@
     python tools/inspect_dataset.py --config_file configs/RGBNT201/TOP-ReID.yml [KEY VALUE ...] [--json records.json]
 
 The JSON holds ``{"train" | "query" | "gallery": [{"paths": {spectrum: file}, "pid", "camid", "sceneid"}, ...]}``
-with train pids relabelled to 0..N-1 (the training labels) and raw pids in query and gallery. Exit code 2 for an
-invalid config, 1 for a data set that cannot be read.
+with train pids relabelled to 0..N-1 (the training labels) and raw pids in query and gallery; under
+``DATASETS.NI_AS_TI`` each record also has ``"copies": {"TI": "NI"}``. Exit code 2 for an invalid config, 1 for a
+data set that cannot be read.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _record(r: Record) -> dict:
-    return {"paths": dict(r.paths), "pid": r.pid, "camid": r.camid, "sceneid": r.sceneid}
+    copies = {"copies": dict(r.copies)} if r.copies else {}  # slot -> spectrum whose image fills it (DATASETS.NI_AS_TI)
+    return {"paths": dict(r.paths), "pid": r.pid, "camid": r.camid, "sceneid": r.sceneid, **copies}
 
 
 def records_json(dataset: ReIDDataset) -> dict[str, list[dict]]:
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        dataset = build_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+        dataset = build_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, cfg.DATASETS.NI_AS_TI)
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

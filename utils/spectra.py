@@ -8,6 +8,7 @@ A missing-spectrum setting is named by the letters of the spectra it removes (`T
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 SPECTRA: tuple[str, ...] = ("RGB", "NI", "TI")
@@ -33,6 +34,41 @@ def setting_name(missing: frozenset[str] | set[str]) -> str:
         raise ValueError(f"unknown spectra {sorted(unknown)}; known: {', '.join(SPECTRA)}")
     letters = "".join(letter for letter, name in LETTERS.items() if name in missing)
     return letters or "nothing"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The settings that exist for a model and a data set. A model of MODEL.SPECTRA [RGB, NI] has three (nothing, r, n): a
+# setting that removes a spectrum the model does not use, or every spectrum it uses, does not exist for it. A slot
+# filled with a copy of another spectrum's image (``copies``, e.g. {"TI": "NI"}: RGBNT300 with DATASETS.NI_AS_TI)
+# goes with its source: removing one of the two leaves the same image in the other.
+
+
+def effective_copies(spectra: Sequence[str], copies: Mapping[str, str] | None) -> dict[str, str]:
+    """The copied slots of ``copies`` (slot -> source) whose slot and source are both among ``spectra``."""
+    return {slot: source for slot, source in (copies or {}).items() if slot in spectra and source in spectra}
+
+
+def setting_problem(setting: str, spectra: Sequence[str] = SPECTRA, copies: Mapping[str, str] | None = None
+                    ) -> str | None:
+    """Why missing-spectrum ``setting`` does not exist for a model of ``spectra`` on data with ``copies``, or None."""
+    removed = missing_spectra(setting)
+    outside = sorted(removed - set(spectra), key=SPECTRA.index)
+    if outside:
+        return f"removes {', '.join(outside)}, which the spectra {', '.join(spectra)} do not hold"
+    if removed >= set(spectra):
+        return f"removes every spectrum of {', '.join(spectra)}"
+    for slot, source in effective_copies(spectra, copies).items():
+        if (slot in removed) != (source in removed):
+            return (f"removes one of {source} and {slot}, but {slot} holds a copy of the {source} image: remove both "
+                    f"or neither")
+    return None
+
+
+def existing_settings(spectra: Sequence[str] = SPECTRA, copies: Mapping[str, str] | None = None) -> list[str]:
+    """The settings of :data:`MISS_SETTINGS` that exist for ``spectra`` and ``copies`` (`TEST.MISS all`), in order:
+    seven for three spectra, three (nothing and one per spectrum) for two, three (nothing, r, nt) for RGB, NI and a
+    copy of NI in TI."""
+    return [s for s in MISS_SETTINGS if setting_problem(s, spectra, copies) is None]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -75,7 +111,7 @@ def side_setting(side: tuple[str, ...] | list[str]) -> str:
     return setting_name(frozenset(SPECTRA) - set(side))
 
 
-def _parse_side(text: str, item: str, spectra: tuple[str, ...]) -> tuple[str, ...]:
+def _parse_side(text: str, item: str, spectra: tuple[str, ...], copies: Mapping[str, str]) -> tuple[str, ...]:
     names = text.split("+")
     if not text or any(not n for n in names):
         raise ValueError(f"pair {item!r} has an empty side; write spectra joined by '+', e.g. RGB+NI->TI")
@@ -85,17 +121,24 @@ def _parse_side(text: str, item: str, spectra: tuple[str, ...]) -> tuple[str, ..
                          f"{', '.join(spectra)}")
     if len(set(names)) != len(names):
         raise ValueError(f"pair {item!r} lists a spectrum twice on one side")
+    for slot, source in copies.items():
+        if (slot in names) != (source in names):
+            raise ValueError(f"pair {item!r}: {slot} holds a copy of the {source} image, so a side has both or "
+                             f"neither (e.g. {source}+{slot})")
     return tuple(s for s in spectra if s in names)
 
 
-def parse_cross(value: str | list[str] | tuple[str, ...], spectra: tuple[str, ...] | list[str] = SPECTRA
-                ) -> list[CrossPair]:
+def parse_cross(value: str | list[str] | tuple[str, ...], spectra: tuple[str, ...] | list[str] = SPECTRA,
+                copies: Mapping[str, str] | None = None) -> list[CrossPair]:
     """`TEST.CROSS` value -> its pairs, each once, in the order given. ``""`` is none; ``"all"`` is every ordered
     pair of distinct single spectra of ``spectra`` (6 for three); otherwise pairs ``QUERY->GALLERY`` (sides are
     spectra joined by ``+``) separated by commas or spaces, or a list of them (``all`` among them adds its six).
+    A slot holding a copy of another spectrum (``copies``: slot -> source) stays on the side of its source:
+    ``all`` pairs RGB with NI+TI when TI is a copy of NI, and a side with one of them is an error.
     Raises ValueError naming the bad pair.
     """
     spectra = tuple(s for s in SPECTRA if s in spectra)
+    copies = effective_copies(spectra, copies)
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     if not all(isinstance(v, str) for v in items):
         raise ValueError(f"expected strings such as 'RGB->TI', got {value!r}")
@@ -104,15 +147,17 @@ def parse_cross(value: str | list[str] | tuple[str, ...], spectra: tuple[str, ..
     text = re.sub(r"[\[\]'\"]", " ", ",".join(items))
     text = re.sub(r"\s*(->|\+)\s*", r"\1", text)
     tokens = [t for t in re.split(r"[\s,]+", text) if t]
+    groups = [tuple(x for x in spectra if x == s or copies.get(x) == s) for s in spectra if s not in copies]
     pairs: list[CrossPair] = []
     for item in tokens:
         if item == "all":
-            new = [CrossPair((q,), (g,)) for q in spectra for g in spectra if q != g]
+            new = [CrossPair(q, g) for q in groups for g in groups if q != g]
         else:
             sides = item.split("->")
             if len(sides) != 2:
                 raise ValueError(f"pair {item!r} is not QUERY->GALLERY (e.g. RGB->TI, RGB+NI->TI) nor 'all'")
-            new = [CrossPair(_parse_side(sides[0], item, spectra), _parse_side(sides[1], item, spectra))]
+            new = [CrossPair(_parse_side(sides[0], item, spectra, copies),
+                             _parse_side(sides[1], item, spectra, copies))]
         pairs += [p for p in new if p not in pairs]
     return pairs
 

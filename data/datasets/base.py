@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+from utils.spectra import SPECTRA
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIX = ".jpg"
@@ -20,8 +22,12 @@ class DatasetError(ValueError):
 class Record:
     """One sample: the file of each spectrum and its labels.
 
-    ``stitched`` marks files holding all spectra side by side (RGBNT100): every entry of ``paths`` is the same file,
-    and spectrum ``SPECTRA[i]`` is its i-th equal-width vertical strip (RGB x 0-256, NI 256-512, TI 512-768).
+    ``stitched`` marks files holding all spectra side by side (RGBNT100, RGBNT300): every entry of ``paths`` is the
+    same file, and the i-th spectrum of ``paths`` is its i-th equal-width vertical strip (RGBNT100: RGB x 0-256, NI
+    256-512, TI 512-768; RGBNT300: RGB x 0-256, NI 256-512).
+
+    ``copies`` maps a slot the sample has no image for to the spectrum whose image fills it (``{"TI": "NI"}``:
+    RGBNT300 under ``DATASETS.NI_AS_TI``); the loader gives the slot the very tensor of its source.
     """
 
     paths: dict[str, str]
@@ -29,11 +35,17 @@ class Record:
     camid: int
     sceneid: int = -1
     stitched: bool = False
+    copies: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         """Base name of the RGB file (of the first listed spectrum when there is no RGB)."""
         return os.path.basename(self.paths.get("RGB") or next(iter(self.paths.values())))
+
+    @property
+    def spectra(self) -> tuple[str, ...]:
+        """The spectra the sample offers: those with a file, then the copied slots."""
+        return (*self.paths, *self.copies)
 
 
 def relabel(records: Iterable[Record]) -> list[Record]:
@@ -49,6 +61,9 @@ class ReIDDataset:
 
     ``junk_key`` names the record field of the evaluation junk rule: gallery items sharing the query's pid and this
     field are left out ("camid" for RGBNT201/RGBNT100, "sceneid" for MSVR310).
+
+    ``spectra`` are the spectra every sample offers, in :data:`SPECTRA` order (RGBNT300: RGB and NI); ``copies`` the
+    slots among them filled with another spectrum's image (see :meth:`with_copy`).
     """
 
     name: str
@@ -56,23 +71,50 @@ class ReIDDataset:
     query: list[Record] = field(repr=False)
     gallery: list[Record] = field(repr=False)
     junk_key: str = "camid"
+    spectra: tuple[str, ...] = SPECTRA
+    copies: dict[str, str] = field(default_factory=dict)
     num_train_pids: int = field(init=False)
     num_train_cams: int = field(init=False)
 
     def __post_init__(self) -> None:
         if self.junk_key not in ("camid", "sceneid"):
             raise ValueError(f"junk_key must be 'camid' or 'sceneid', got {self.junk_key!r}")
+        if not self.spectra or list(self.spectra) != [s for s in SPECTRA if s in self.spectra]:
+            raise ValueError(f"{self.name}: spectra must be distinct names of {SPECTRA} in that order, got "
+                             f"{self.spectra}")
         pids = sorted({r.pid for r in self.train})
         if pids != list(range(len(pids))):
             raise ValueError(f"{self.name}: train pids must be relabelled to 0..N-1 (see relabel())")
+        for record in (*self.train, *self.query, *self.gallery):
+            if set(record.spectra) != set(self.spectra) or record.copies != self.copies:
+                raise ValueError(f"{self.name}: sample {record.name} offers {', '.join(record.spectra)}, the data set "
+                                 f"declares {', '.join(self.spectra)}")
         self.num_train_pids = len(pids)
         self.num_train_cams = len({r.camid for r in self.train})
 
     @classmethod
     def from_raw(cls, name: str, train: Sequence[Record], query: Sequence[Record], gallery: Sequence[Record],
-                 junk_key: str = "camid") -> ReIDDataset:
+                 junk_key: str = "camid", spectra: Sequence[str] = SPECTRA) -> ReIDDataset:
         """Build from records with raw pids everywhere (train is relabelled here)."""
-        return cls(name, relabel(train), list(query), list(gallery), junk_key)
+        return cls(name, relabel(train), list(query), list(gallery), junk_key, tuple(spectra))
+
+    def with_copy(self, slot: str, source: str) -> ReIDDataset:
+        """The data set with slot ``slot``, which it has no images for, filled in every sample by the ``source``
+        image: the very tensor of ``source``, augmentation included (EDITOR's convention for RGBNT300, whose collate
+        puts the NI tensor in the TI slot). Raises DatasetError when it has ``slot`` or lacks ``source``."""
+        if slot in self.spectra:
+            raise DatasetError(f"{self.name} has its own {slot} images; a copy of {source} cannot take their place")
+        if source not in self.spectra or source in self.copies:
+            raise DatasetError(f"{self.name} has no {source} images to copy into {slot} (it has "
+                               f"{', '.join(self.spectra)})")
+        copies = {**self.copies, slot: source}
+
+        def copied(records: list[Record]) -> list[Record]:
+            return [replace(r, copies=copies) for r in records]
+
+        spectra = tuple(s for s in SPECTRA if s in self.spectra or s == slot)
+        return ReIDDataset(self.name, copied(self.train), copied(self.query), copied(self.gallery), self.junk_key,
+                           spectra, copies)
 
     def statistics(self) -> str:
         """The usual ReID table: ids, images (samples), cameras (and scenes where the junk rule uses them)."""
@@ -91,7 +133,9 @@ class ReIDDataset:
             return " | ".join([f"{first!s:<{widths[0]}}"] + [f"{c!s:>{w}}" for c, w in zip(rest, widths[1:])])
 
         rule = "-+-".join("-" * w for w in widths)
-        return "\n".join([f"{self.name} statistics:", line(header), rule, *(line(r) for r in rows)])
+        spectra = ", ".join(f"{s} (the {self.copies[s]} image)" if s in self.copies else s for s in self.spectra)
+        return "\n".join([f"{self.name} statistics:", line(header), rule, *(line(r) for r in rows),
+                          f"spectra: {spectra}"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -99,7 +143,7 @@ class ReIDDataset:
 
 def record_key(record: Record) -> tuple:
     """Identity of a sample on disk (RGBNT201's query and gallery list the same files)."""
-    return tuple(sorted(record.paths.items())), record.stitched
+    return tuple(sorted(record.paths.items())), record.stitched, tuple(sorted(record.copies.items()))
 
 
 def unique_records(records: Sequence[Record]) -> list[Record]:
