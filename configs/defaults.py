@@ -63,6 +63,20 @@ _C.MODEL.DEMO.FEATURE = "cat"
 RULES["MODEL.DEMO.FEATURE"] = one_of("cat", "ori", "moe")
 _C.MODEL.DEMO.HDM_DROPOUT = 0.1
 RULES["MODEL.DEMO.HDM_DROPOUT"] = number(0.0, 1.0, hi_open=True)
+# EDITOR (MODEL.META_ARCHITECTURE EDITOR, modeling/methods/editor.py). AL: the backbone's supervision, True = one
+# head on the concatenated backbone CLS tokens (the original's MODEL.AL 1), False = one head, shared, per spectrum (AL
+# 0). HEAD_KEEP: tokens each backbone attention head keeps (k = int(N / num_patches * HEAD_KEEP), so 224x224 gives
+# k = 1, as the original); FREQUENCY_KEEP: tokens the frequency score keeps; the weights of the BCC and OCFR losses.
+_C.MODEL.EDITOR = CN()
+_C.MODEL.EDITOR.AL = True
+_C.MODEL.EDITOR.HEAD_KEEP = 2
+RULES["MODEL.EDITOR.HEAD_KEEP"] = number(1, integer=True)
+_C.MODEL.EDITOR.FREQUENCY_KEEP = 10
+RULES["MODEL.EDITOR.FREQUENCY_KEEP"] = number(1, integer=True)
+_C.MODEL.EDITOR.BCC_LOSS_WEIGHT = 1.0
+RULES["MODEL.EDITOR.BCC_LOSS_WEIGHT"] = number(0.0)
+_C.MODEL.EDITOR.OCFR_LOSS_WEIGHT = 1.0
+RULES["MODEL.EDITOR.OCFR_LOSS_WEIGHT"] = number(0.0)
 _C.MODEL.ID_LOSS_WEIGHT = 1.0
 RULES["MODEL.ID_LOSS_WEIGHT"] = number(0.0)
 _C.MODEL.TRIPLET_LOSS_WEIGHT = 1.0

@@ -31,7 +31,8 @@ PROJECT_LAYOUT = "this project's"
 # Config keys that decide the model's architecture (with the number of identities and cameras, all of it).
 ARCH_KEYS = ("MODEL.META_ARCHITECTURE", "MODEL.TRANSFORMER_TYPE", "MODEL.SPECTRA", "MODEL.BASE", "MODEL.RE",
              "MODEL.DIRECT", "MODEL.RE_LAYER", "MODEL.TPM_HEADS", "MODEL.SIE_CAMERA", "MODEL.STRIDE_SIZE",
-             "INPUT.SIZE_TRAIN", "TEST.NECK_FEAT", "MODEL.SHARED_BACKBONE", "MODEL.DEMO.HEAD", "MODEL.DEMO.FEATURE")
+             "INPUT.SIZE_TRAIN", "TEST.NECK_FEAT", "MODEL.SHARED_BACKBONE", "MODEL.DEMO.HEAD", "MODEL.DEMO.FEATURE",
+             "MODEL.EDITOR.AL", "MODEL.EDITOR.HEAD_KEEP", "MODEL.EDITOR.FREQUENCY_KEEP")
 
 
 def cfg_get(cfg: CfgNode, key: str) -> Any:

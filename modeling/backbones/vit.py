@@ -103,6 +103,56 @@ class ViTBackbone(nn.Module):
         x = run_blocks(self.blocks, x, self.grad_checkpoint and self.training)
         return self.norm(x)
 
+    def forward_with_attention(self, x: torch.Tensor, cam_label: torch.Tensor | None = None,
+                               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward``'s tokens and every block's attention map [B, heads, 1 + N, 1 + N] in block order: the softmax
+        as the block applies it to the values (after attention dropout), for methods that select tokens by attention
+        (EDITOR). See :meth:`attention_taps`."""
+        taps = self.attention_taps()
+        for tap in taps:
+            tap.recording = True
+        try:
+            tokens = self(x, cam_label)
+            maps = [tap.last for tap in taps]
+        finally:
+            for tap in taps:
+                tap.recording, tap.last = False, None
+        return tokens, maps
+
+    def attention_taps(self) -> list[AttentionTap]:
+        """The :class:`AttentionTap` of every block, installed on first use as the block's attention dropout. timm
+        materialises the attention map only on its non-fused path, so the blocks are switched to it (the same
+        function). Parameter-free: state_dicts are unchanged."""
+        taps = []
+        for block in self.blocks:
+            attention = block.attn
+            if not isinstance(attention.attn_drop, AttentionTap):
+                if not hasattr(attention, "fused_attn") or not isinstance(getattr(attention, "attn_drop", None),
+                                                                           nn.Module):
+                    raise ValueError(f"backbone {self.name!r}: its blocks' attention does not expose timm's "
+                                     "attention map")
+                attention.fused_attn = False
+                attention.attn_drop = AttentionTap(attention.attn_drop)
+            taps.append(attention.attn_drop)
+        return taps
+
+
+class AttentionTap(nn.Module):
+    """A block's attention dropout that keeps its output, the attention map the block applies, as ``last`` while
+    ``recording`` (a recomputation under activation checkpointing does not record)."""
+
+    def __init__(self, dropout: nn.Module) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.recording = False
+        self.last: torch.Tensor | None = None
+
+    def forward(self, attn: torch.Tensor) -> torch.Tensor:
+        out = self.dropout(attn)
+        if self.recording:
+            self.last = out
+        return out
+
 
 def is_timm_vit(name: str) -> bool:
     """timm ``vit_*`` / ``deit_*`` model names (CLIP towers ``vit_*_clip_*`` included), distilled ones excepted (a

@@ -28,7 +28,7 @@ Register one with::
 after which ``MODEL.META_ARCHITECTURE MyMethod`` validates, trains, evaluates and sweeps.
 """
 
-from modeling.methods import demo, topreid  # noqa: F401  (each registers itself)
+from modeling.methods import demo, editor, topreid  # noqa: F401  (each registers itself)
 from modeling.methods.registry import (
     Method,
     OriginalLayout,

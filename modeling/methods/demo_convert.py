@@ -38,7 +38,6 @@ from utils.spectra import LETTERS
 _BACKBONE = "BACKBONE.base."
 _REDUCE = {"rgb": "RGB", "nir": "NI", "tir": "TI"}  # the original's PIFE module prefixes
 _SETS = "rnt|rn|rt|nt|r|n|t"
-_MARKERS = re.compile(r"^(BACKBONE\.(base\.|cv_embed$)|generalFusion\.|(rgb|nir|tir)_reduce\.)")
 _MLP = {"0": "fc", "2": "norm"}  # Sequential(Linear, QuickGELU, BatchNorm1d) of the original
 _RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
     (re.compile(r"^BACKBONE\.cv_embed$"), lambda m: "camera_embed"),
@@ -58,8 +57,12 @@ _RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
 
 
 def is_demo_layout(state: Mapping[str, object]) -> bool:
-    """True when the keys are those of the original DeMo code (with or without ``module.``)."""
-    return any(_MARKERS.match(k) for k in strip_prefixes(dict.fromkeys(state)))
+    """True when the keys are those of the original DeMo code (with or without ``module.``): a ``BACKBONE.base.``
+    backbone and every other key one that the key map knows. So an ablated model (no PIFE, HDM or ATMoE: only the
+    backbone and the ori heads) is recognised, and EDITOR's checkpoints, whose backbone is named alike, are not."""
+    keys = list(strip_prefixes(dict.fromkeys(state)))
+    return any(k.startswith(_BACKBONE) for k in keys) and all(
+        k.startswith(_BACKBONE) or any(pattern.match(k) for pattern, _ in _RULES) for k in keys)
 
 
 def _convert_backbone(backbone: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
