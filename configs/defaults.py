@@ -63,6 +63,12 @@ _C.MODEL.DEMO.FEATURE = "cat"
 RULES["MODEL.DEMO.FEATURE"] = one_of("cat", "ori", "moe")
 _C.MODEL.DEMO.HDM_DROPOUT = 0.1
 RULES["MODEL.DEMO.HDM_DROPOUT"] = number(0.0, 1.0, hi_open=True)
+# The paper's ablation switches (the original's GLOBAL_LOCAL, HDM, ATM): without PIFE f_s is the backbone's token 0;
+# without ATMoE the moe feature is the seven HDM parts concatenated; without HDM only the ori head and feature remain.
+# ATMOE needs HDM (the original crashes without it).
+_C.MODEL.DEMO.PIFE = True
+_C.MODEL.DEMO.HDM = True
+_C.MODEL.DEMO.ATMOE = True
 # EDITOR (MODEL.META_ARCHITECTURE EDITOR, modeling/methods/editor.py). AL: the backbone's supervision, True = one
 # head on the concatenated backbone CLS tokens (the original's MODEL.AL 1), False = one head, shared, per spectrum (AL
 # 0). HEAD_KEEP: tokens each backbone attention head keeps (k = int(N / num_patches * HEAD_KEEP), so 224x224 gives

@@ -240,18 +240,23 @@ class ATMoE(nn.Module):
 # The model.
 
 class DeMoFeatures(NamedTuple):
-    """What DeMo computes from the backbone tokens of the three spectra."""
+    """What DeMo computes from the backbone tokens of the three spectra (``None`` for a part switched off)."""
 
-    spectra: dict[str, torch.Tensor]  # PIFE feature f_s [B, D] per spectrum
+    spectra: dict[str, torch.Tensor]  # PIFE feature f_s [B, D] per spectrum (token 0 without PIFE)
     ori: torch.Tensor  # cat[f_R, f_N, f_T] [B, 3D]
-    parts: torch.Tensor  # HDM outputs [B, 7, D] (order of SPECTRUM_SETS)
-    gates: torch.Tensor  # ATMoE gates [B, heads, 7]
-    moe: torch.Tensor  # ATMoE output [B, 7D]
+    parts: torch.Tensor | None  # HDM outputs [B, 7, D] (order of SPECTRUM_SETS)
+    gates: torch.Tensor | None  # ATMoE gates [B, heads, 7]
+    moe: torch.Tensor | None  # ATMoE output [B, 7D] (without ATMoE: the HDM parts concatenated, as the original)
 
 
 class DeMo(nn.Module):
     """DeMo over RGB, NI and TI with one shared ``backbone`` (a :class:`CLIPTower`, or a registry backbone mapping
     (images, camera ids) to tokens [B, 1 + N, D]).
+
+    ``pife``, ``hdm``, ``atmoe``: the paper's ablation switches (the original's GLOBAL_LOCAL, HDM, ATM). Without
+    PIFE, f_s is the backbone's token 0; without ATMoE the "moe" feature is the seven HDM parts concatenated; without
+    HDM there is no "moe" head and the test feature is ``ori``. ATMoE needs HDM's parts (the original crashes
+    without them), so ``atmoe`` without ``hdm`` is an error.
 
     ``cls_cameras`` (CLIP tower only): rows of DeMo's camera embedding ``camera_embed``, added (times ``sie_coe``)
     to the CLS token before the position table; it is not part of ``backbone`` (so it does not take the backbone's
@@ -269,25 +274,31 @@ class DeMo(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_classes: int, img_size: Sequence[int], *, cls_cameras: int = 0,
                  sie_coe: float = 1.0, direct: bool = True, moe_heads: int = 4, feature: str = "cat",
-                 hdm_dropout: float = 0.1) -> None:
+                 hdm_dropout: float = 0.1, pife: bool = True, hdm: bool = True, atmoe: bool = True) -> None:
         super().__init__()
         if feature not in FEATURES:
             raise ValueError(f"MODEL.DEMO.FEATURE {feature!r} is not one of: {', '.join(FEATURES)}")
+        if atmoe and not hdm:
+            raise ValueError("MODEL.DEMO.ATMOE True needs MODEL.DEMO.HDM True: ATMoE mixes HDM's seven parts (the "
+                             "original code crashes in this setting, so the paper's +PIFE+ATMoE row has no code)")
+        if feature == "moe" and not hdm:
+            raise ValueError("MODEL.DEMO.FEATURE 'moe' needs MODEL.DEMO.HDM True: without HDM there is no moe feature")
         if cls_cameras and not isinstance(backbone, CLIPTower):
             raise ValueError("a CLS-token camera embedding belongs to a CLIP tower; other backbones carry their own")
         self.dim = int(backbone.embed_dim)
         self.img_size = tuple(img_size)
-        self.direct, self.feature, self.sie_coe = direct, feature, float(sie_coe)
+        self.direct, self.sie_coe = direct, float(sie_coe)
+        self.feature = feature if hdm else "ori"  # cat[ori, moe] without a moe part is ori, as the original returns
         widths = {"ori": len(self.spectra), "moe": len(SPECTRUM_SETS)}
-        self.feat_dim = (widths[feature] if feature in widths else sum(widths.values())) * self.dim
+        self.feat_dim = (widths[self.feature] if self.feature in widths else sum(widths.values())) * self.dim
         self.backbone = backbone
         self.camera_embed = nn.Parameter(torch.zeros(cls_cameras, 1, backbone.width)) if cls_cameras else None
         if self.camera_embed is not None:
             trunc_normal_(self.camera_embed, std=0.02)
-        self.pife = nn.ModuleDict({s: SpectrumFeature(self.dim) for s in self.spectra})
-        self.hdm = HDM(self.dim, hdm_dropout)
-        self.atmoe = ATMoE(self.dim, len(SPECTRUM_SETS), moe_heads)
-        heads = {"moe": BNNeckHead(len(SPECTRUM_SETS) * self.dim, num_classes)}
+        self.pife = nn.ModuleDict({s: SpectrumFeature(self.dim) for s in self.spectra}) if pife else None
+        self.hdm = HDM(self.dim, hdm_dropout) if hdm else None
+        self.atmoe = ATMoE(self.dim, len(SPECTRUM_SETS), moe_heads) if atmoe else None
+        heads = {"moe": BNNeckHead(len(SPECTRUM_SETS) * self.dim, num_classes)} if hdm else {}
         if direct:
             heads["ori"] = BNNeckHead(len(self.spectra) * self.dim, num_classes)
         else:
@@ -321,10 +332,16 @@ class DeMo(nn.Module):
 
     def fuse(self, tokens: Mapping[str, torch.Tensor]) -> DeMoFeatures:
         """PIFE, HDM and ATMoE on the tokens of the three spectra."""
-        features = {s: self.pife[s](tokens[s]) for s in self.spectra}
+        if self.pife is not None:
+            features = {s: self.pife[s](tokens[s]) for s in self.spectra}
+        else:
+            features = {s: tokens[s][:, 0] for s in self.spectra}
+        ori = torch.cat([features[s] for s in self.spectra], dim=-1)
+        if self.hdm is None:
+            return DeMoFeatures(features, ori, None, None, None)
         parts = self.hdm(features, tokens)
-        moe, gates = self.atmoe(parts)
-        return DeMoFeatures(features, torch.cat([features[s] for s in self.spectra], dim=-1), parts, gates, moe)
+        moe, gates = self.atmoe(parts) if self.atmoe is not None else (parts.flatten(1), None)
+        return DeMoFeatures(features, ori, parts, gates, moe)
 
     def resolve_missing(self, missing: Collection[str]) -> frozenset[str]:
         """``missing`` as a set of the model's spectra; raises for unknown names or when all are missing."""
@@ -389,13 +406,14 @@ class DeMo(nn.Module):
         if absent:
             raise ValueError(f"training needs images of every spectrum of the model; missing {absent}")
         fused = self.fuse(self.backbone_tokens(images, cam_label))
-        heads = {"moe": self.heads["moe"](fused.moe)}
+        heads = {"moe": self.heads["moe"](fused.moe)} if fused.moe is not None else {}
         if self.direct:
             heads["ori"] = self.heads["ori"](fused.ori)
         else:
             heads.update({s: self.heads[s](fused.spectra[s]) for s in self.spectra})
         # The original's ATMoE has no auxiliary (balance) loss: it returns 0, which the engine adds.
-        return {"heads": heads, "losses": {"moe": torch.zeros((), device=fused.moe.device)}}
+        losses = {"moe": torch.zeros((), device=fused.ori.device)} if fused.moe is not None else {}
+        return {"heads": heads, "losses": losses}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -406,12 +424,19 @@ class DeMoOptions:
     heads: int  # MODEL.DEMO.HEAD: ATMoE heads
     feature: str  # MODEL.DEMO.FEATURE: cat | ori | moe
     hdm_dropout: float  # MODEL.DEMO.HDM_DROPOUT: HDM's attention dropout in training
+    pife: bool = True  # MODEL.DEMO.PIFE / HDM / ATMOE: the ablation switches (the original's GLOBAL_LOCAL, HDM, ATM)
+    hdm: bool = True
+    atmoe: bool = True
 
 
 def demo_options(cfg: CfgNode) -> DeMoOptions:
-    """MODEL.DEMO.* with their defaults (HEAD 4, FEATURE "cat", HDM_DROPOUT 0.1) where the config has no such key;
-    raises naming the key for an invalid value."""
+    """MODEL.DEMO.* with their defaults (HEAD 4, FEATURE "cat", HDM_DROPOUT 0.1, PIFE / HDM / ATMOE True) where the
+    config has no such key; raises naming the key for an invalid value."""
     node = cfg.MODEL.get("DEMO", None) or {}
+    switches = {key: node.get(key, True) for key in ("PIFE", "HDM", "ATMOE")}
+    for key, value in switches.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"MODEL.DEMO.{key} {value!r} must be True or False")
     heads, feature, dropout = node.get("HEAD", 4), node.get("FEATURE", "cat"), node.get("HDM_DROPOUT", 0.1)
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
         raise ValueError(f"MODEL.DEMO.HEAD {heads!r} must be an integer >= 1")
@@ -419,10 +444,10 @@ def demo_options(cfg: CfgNode) -> DeMoOptions:
         raise ValueError(f"MODEL.DEMO.FEATURE {feature!r} is not one of: {', '.join(FEATURES)}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"MODEL.DEMO.HDM_DROPOUT {dropout!r} must be a number in [0, 1)")
-    return DeMoOptions(heads, feature, float(dropout))
+    return DeMoOptions(heads, feature, float(dropout), switches["PIFE"], switches["HDM"], switches["ATMOE"])
 
 
-@register_method("DeMo", aux_losses=lambda cfg: {"moe": 1.0},
+@register_method("DeMo", aux_losses=lambda cfg: {"moe": 1.0} if demo_options(cfg).hdm else {},
                  original=OriginalLayout("original DeMo", is_demo_layout,
                                          lambda state, model: (convert_demo_state_dict(state), [])))
 def build_demo(cfg: CfgNode, num_classes: int, num_cameras: int, pretrained: bool = True) -> DeMo:
@@ -451,9 +476,12 @@ def build_demo(cfg: CfgNode, num_classes: int, num_cameras: int, pretrained: boo
     if pretrained and m.PRETRAIN_CHOICE == "imagenet":
         load_backbone_weights(backbone, m.PRETRAIN_PATH_T)
     model = DeMo(backbone, num_classes, size, cls_cameras=cameras if clip else 0, sie_coe=m.SIE_COE,
-                 direct=m.DIRECT, moe_heads=options.heads, feature=options.feature, hdm_dropout=options.hdm_dropout)
-    logger.info("model: DeMo, %s backbone (one, shared; D=%d), ATMoE %d heads, heads %s, test feature %s (%d), "
-                "%.1fM parameters", m.TRANSFORMER_TYPE, model.dim, options.heads, ", ".join(model.heads),
-                options.feature, model.feat_dim, sum(p.numel() for p in model.parameters()) / 1e6)
+                 direct=m.DIRECT, moe_heads=options.heads, feature=options.feature, hdm_dropout=options.hdm_dropout,
+                 pife=options.pife, hdm=options.hdm, atmoe=options.atmoe)
+    parts = ", ".join(name for name, on in (("PIFE", options.pife), ("HDM", options.hdm),
+                                              (f"ATMoE {options.heads} heads", options.atmoe)) if on) or "baseline"
+    logger.info("model: DeMo (%s), %s backbone (one, shared; D=%d), heads %s, test feature %s (%d), %.1fM parameters",
+                parts, m.TRANSFORMER_TYPE, model.dim, ", ".join(model.heads), model.feature, model.feat_dim,
+                sum(p.numel() for p in model.parameters()) / 1e6)
     return model
 
