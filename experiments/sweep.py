@@ -12,6 +12,16 @@ A sweep file (YAML) is one table of the paper::
         overrides: ["MODEL.DIRECT False"]         # KEY VALUE pairs as typed after train_net.py
         published: {nothing: {mAP: 72.3, Rank-1: 76.6}}   # percent, per missing-spectrum setting; optional
         note: where the published figure comes from      # optional
+        dataset: RGBNT201                         # optional table labels (default: the resolved config's
+        method: TOP-ReID                          # DATASETS.NAMES and MODEL.META_ARCHITECTURE)
+
+The collected table (:mod:`experiments.collect`) groups its rows by data set, then method (each data set and each
+method in the order of its first row in the file; rows of the same data set and method keep the file's order), and
+has one column group per protocol the runs evaluated or ``published`` quotes: all spectra (``nothing``), the
+missing-spectrum settings (``TEST.MISS all``; ``—`` where a setting does not exist for the row's spectra) and the
+cross-spectral pairs (``TEST.CROSS``, the ``"cross"`` section of results.json; no published figures). A comparison of
+methods is one row per method and data set, each with its own ``base`` (``configs/paper/methods.yml``). ``dataset``
+and ``method`` only label a row: they change nothing that is trained.
 
 Each run is ``train_net.py --config_file BASE OUTPUT_DIR ROOT/<row>/seed<k> SOLVER.SEED <k> <row overrides>
 <trailing overrides>``, started as a subprocess by a :class:`TrainRun` submitted through submitit (local processes
@@ -61,7 +71,7 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
 DEFAULT_SEEDS = (0, 1, 2)
 SWEEP_KEYS = ("title", "base", "seeds", "overrides", "rows")
-ROW_KEYS = ("base", "overrides", "published", "note")
+ROW_KEYS = ("base", "overrides", "published", "note", "dataset", "method")
 PUBLISHED_METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
 # Keys the sweep sets itself (or refuses): a row or a trailing override naming them is an error.
 RESERVED_KEYS = {
@@ -106,6 +116,8 @@ class Row:
     overrides: tuple[str, ...]
     published: Mapping[str, Mapping[str, float]]  # setting -> metric -> percent
     note: str = ""
+    dataset: str = ""  # table label; "" = the resolved config's DATASETS.NAMES
+    method: str = ""  # table label; "" = the resolved config's MODEL.META_ARCHITECTURE
 
 
 @dataclass(frozen=True)
@@ -212,8 +224,14 @@ def load_sweep(path: str) -> Sweep:
         overrides = parse_overrides(spec.get("overrides"), where)
         check_reserved(overrides, where)
         note = spec.get("note", "")
+        labels = {}
+        for key in ("dataset", "method"):
+            value = spec.get(key, "")
+            if not isinstance(value, str) or (key in spec and not value.strip()):
+                raise SweepError(f"{where}: {key} must be a non-empty string (a label of the table), got {value!r}")
+            labels[key] = " ".join(value.split())
         rows[name] = Row(name, row_base, common + overrides, _published(spec.get("published"), where),
-                         " ".join(str(note).split()))
+                         " ".join(str(note).split()), **labels)
     title = str(tree.get("title") or Path(path).stem)
     return Sweep(path=path, title=title, seeds=tuple(seeds), rows=rows)
 

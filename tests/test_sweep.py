@@ -506,11 +506,62 @@ def demo_spec_numbers() -> dict[str, dict[str, dict[str, dict[str, float]]]]:
         missing[dataset] = {"nothing": {m: rows[f"{dataset}_clip"]["nothing"][m] for m in ("mAP", "Rank-1")},
                             **{s: {"mAP": float(a), "Rank-1": float(b)}
                                for s, (a, b) in zip(("r", "n", "t", "rn", "rt", "nt"), pairs)}}
-    return {"DeMo_multispectral": rows, "DeMo_missing": missing}
+    # "Ablation RGBNT201: baseline 70.7/72.4; +PIFE 73.0/75.8; +PIFE+HDM 74.4/77.5; +PIFE+ATMoE ...; all 79.0/82.3"
+    ablation_text = text.split("Ablation RGBNT201:", 1)[1]
+    figures = {name: (float(a), float(b)) for name, a, b in
+               re.findall(rf"(baseline|\+PIFE\+HDM|\+PIFE\+ATMoE|\+PIFE|all) {n}/{n}", ablation_text)}
+    ablation = {row: {"nothing": {"mAP": figures[name][0], "Rank-1": figures[name][1]}}
+                for row, name in (("baseline", "baseline"), ("pife", "+PIFE"), ("pife_hdm", "+PIFE+HDM"),
+                                  ("pife_hdm_atmoe", "all"))}
+    assert "+PIFE+ATMoE" in figures  # in the paper, with no code: not a row
+    return {"DeMo_multispectral": rows, "DeMo_missing": missing, "DeMo_ablation": ablation}
+
+
+def editor_spec_numbers() -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """EDITOR's published figures in SPEC_EDITOR.md ("Published": A = the AL setting, B = the BL setting), parsed:
+    file stem -> row -> setting -> metric -> percent."""
+    spec = SPEC.parent / "SPEC_EDITOR.md"
+    if not spec.is_file():
+        pytest.skip(f"{spec} not found")
+    text = " ".join(spec.read_text().split("## Published", 1)[1].split("## ", 1)[0].split())
+    metrics = ("mAP", "Rank-1", "Rank-5", "Rank-10")
+    rows = {}
+    for dataset, a, b in re.findall(r"(RGBNT201|RGBNT100|MSVR310)[^:]*: A ([\d./]+), B ([\d./]+)", text):
+        for setting, figures in (("A", a), ("B", b)):
+            rows[f"{dataset}_{setting}"] = {"nothing": dict(zip(metrics, map(float, figures.strip(".").split("/"))))}
+    assert len(rows) == 6, text
+    return {"EDITOR_multispectral": rows}
+
+
+METHOD_SETS = ("RGBNT201", "RGBNT100", "MSVR310", "RGBNT300", "Market1501-MM", "WMVEID863")
+
+
+def methods_spec_numbers(tmp_path: Path) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """The published figures configs/paper/methods.yml must quote, from the three specs: TOP-ReID's ViT-B/16 rows (all
+    spectra and missing), DeMo's CLIP rows (all spectra and missing) and ViT rows, EDITOR's rows the figure of the
+    setting (A = AL, B = BL) that the row's config trains; nothing for the other data sets and TOP-ReID with CLIP."""
+    top, demo, editor = spec_numbers(), demo_spec_numbers(), editor_spec_numbers()["EDITOR_multispectral"]
+    al = {r.row: r.config["MODEL.EDITOR.AL"]
+          for r in plan_runs(load_sweep(str(PAPER / "methods.yml")), str(tmp_path / "al"), seeds=[0])}
+    rows: dict[str, dict[str, dict[str, float]]] = {}
+    for dataset in METHOD_SETS:
+        rows[f"{dataset}_TOP-ReID"] = {}
+        rows[f"{dataset}_DeMo-CLIP"] = {}
+        rows[f"{dataset}_EDITOR"] = {}
+    for dataset in ("RGBNT201", "RGBNT100", "MSVR310"):
+        main = top["multispectral"]["RGBNT201_direct_false" if dataset == "RGBNT201" else dataset]
+        missing = {s: m for s, m in top["missing"].get(dataset, {}).items() if s != "nothing"}
+        rows[f"{dataset}_TOP-ReID"] = {**main, **missing}
+        rows[f"{dataset}_TOP-ReID-CLIP"] = {}
+        demo_missing = {s: m for s, m in demo["DeMo_missing"].get(dataset, {}).items() if s != "nothing"}
+        rows[f"{dataset}_DeMo-CLIP"] = {**demo["DeMo_multispectral"][f"{dataset}_clip"], **demo_missing}
+        rows[f"{dataset}_DeMo-ViT"] = demo["DeMo_multispectral"][f"{dataset}_vit"]
+        rows[f"{dataset}_EDITOR"] = editor[f"{dataset}_{'A' if al[f'{dataset}_EDITOR'] else 'B'}"]
+    return {"methods": rows, "demo_methods": {"TOP-ReID": {}, "DeMo": {}, "EDITOR": {}}}
 
 
 def test_shipped_sweep_files_validate_and_quote_spec(tmp_path):
-    expected = {**spec_numbers(), **demo_spec_numbers()}
+    expected = {**spec_numbers(), **demo_spec_numbers(), **editor_spec_numbers(), **methods_spec_numbers(tmp_path)}
     files = sorted(PAPER.glob("*.yml"))
     assert {f.stem for f in files} == set(expected)
     for path in files:
@@ -529,6 +580,32 @@ def test_shipped_sweep_files_validate_and_quote_spec(tmp_path):
     demo = plan_runs(load_sweep(str(PAPER / "demo_ablation.yml")), str(tmp_path / "d"))
     assert len(demo) <= 6 and all(r.max_epochs <= 10 and r.config["MODEL.DEVICE"] != "cuda" for r in demo)
     assert set(MISS_SETTINGS) >= {s for rows in expected.values() for row in rows.values() for s in row}
+    editor_sweep = load_sweep(str(PAPER / "EDITOR_multispectral.yml"))
+    editor = {r.row: r.config for r in plan_runs(editor_sweep, str(tmp_path / "e"), seeds=[0])}
+    assert all(config["MODEL.META_ARCHITECTURE"] == "EDITOR" and config["MODEL.EDITOR.AL"] is row.endswith("_A")
+               for row, config in editor.items())
+    demo_ablation = {r.row: r.config for r in plan_runs(load_sweep(str(PAPER / "DeMo_ablation.yml")),
+                                                         str(tmp_path / "da"), seeds=[0])}
+    switches = {row: tuple(c[f"MODEL.DEMO.{k}"] for k in ("PIFE", "HDM", "ATMOE")) for row, c in demo_ablation.items()}
+    assert switches == {"baseline": (False, False, False), "pife": (True, False, False),
+                        "pife_hdm": (True, True, False), "pife_hdm_atmoe": (True, True, True)}
+
+
+def test_methods_sweep_has_every_method_config_of_every_data_set(tmp_path):
+    """methods.yml: a row per configs/<data set>/<method>.yml of the six data sets, every protocol evaluated, the
+    rows of a data set together, its labels those of the config."""
+    sweep = load_sweep(str(PAPER / "methods.yml"))
+    shipped = {f"configs/{d}/{p.name}" for d in METHOD_SETS for p in (REPO / "configs" / d).glob("*.yml")}
+    assert {row.base for row in sweep.rows.values()} == shipped
+    assert {p.split("/")[2].split(".")[0].split("-")[0] for p in shipped} == {"TOP", "DeMo", "EDITOR"}
+    runs = plan_runs(sweep, str(tmp_path / "m"), seeds=[0])
+    for run in runs:
+        assert (run.config["TEST.MISS"], run.config["TEST.CROSS"]) == ("all", "all"), run.row
+        assert run.config["DATASETS.NAMES"] == run.row.split("_")[0]
+        method = {"TOPReID": "TOP-ReID", "DeMo": "DeMo", "EDITOR": "EDITOR"}[run.config["MODEL.META_ARCHITECTURE"]]
+        assert sweep.rows[run.row].method.startswith(method), run.row
+    datasets = [run.config["DATASETS.NAMES"] for run in runs]
+    assert datasets == sorted(datasets, key=datasets.index)  # each data set's rows together
 
 
 # ----------------------------------------------------------------------------------------------------------------------
