@@ -5,40 +5,51 @@ checkpoint. One tiny DeMo (vit_tiny on the demo data, 2 epochs) is trained once 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from configs import load_config
-from data.build import build_query_gallery
 from modeling.checkpoint import model_from_checkpoint
-from processor.predictor import Predictor
-from processor.trainer import Trainer, TrainingInterrupted
+from processor.trainer import Trainer
 from tests.helpers import (
+    CROSS_PAIRS,
+    REFERENCE,
     REPO,
+    add_module_prefix,
+    assert_metrics,
     assert_not_blank,
     assert_one_error_line,
+    check_compiled_blocks_keep_features,
+    check_conversion,
+    check_extracted_gallery,
+    check_grad_cam,
+    check_onnx_export,
+    check_rank_list,
+    check_search,
+    check_tsne,
+    eval_args,
+    evaluate_original_checkpoint,
+    extract_gallery,
+    interrupted_run,
+    loss_steps,
     read_png,
     rgbnt201_names,
     run_cli,
-    stop_after_step,
+    run_test_net,
+    save_key_layout,
+    save_original_checkpoint,
+    save_topreid_checkpoint,
     tiny_opts,
     write_rgbnt201,
 )
 from utils.checkpoint import CheckpointError
-from utils.spectra import MISS_SETTINGS, missing_spectra
+from utils.spectra import MISS_SETTINGS
 
 pytestmark = pytest.mark.slow  # trains DeMo, runs test_net.py and the tools, builds CLIP ViT-B/16
 
 RGBNT201_DEMO = str(REPO / "configs" / "RGBNT201" / "DeMo.yml")
-REFERENCE = REPO.parent / "shared" / "reference"
-CROSS_PAIRS = ["RGB->NI", "RGB->TI", "NI->RGB", "NI->TI", "TI->RGB", "TI->NI"]
 BASE_LR, BACKBONE_LR = 3.5e-4, 1e-4
 # DeMo's training recipe (configs/Base-DeMo.yml) on the tiny model: Adam, the demo schedule, a backbone rate of its own
 # with no bias factor inside the backbone; evaluated on every setting and cross-spectral pair.
@@ -46,10 +57,6 @@ DEMO_RUN = {"MODEL.META_ARCHITECTURE": "DeMo", "SOLVER.MAX_EPOCHS": "2", "TEST.M
             "SOLVER.OPTIMIZER_NAME": "Adam", "SOLVER.SCHEDULER": "demo", "SOLVER.BASE_LR": str(BASE_LR),
             "SOLVER.BACKBONE_LR": str(BACKBONE_LR), "SOLVER.BIAS_LR_FACTOR": "2.0",
             "SOLVER.BIAS_LR_FACTOR_IN_BACKBONE": "False"}
-
-
-def _losses(history):
-    return [(h["epoch"], h["iteration"], h["loss"]) for h in history]
 
 
 @pytest.fixture(scope="session")
@@ -76,8 +83,7 @@ def test_training_evaluates_every_setting_and_cross_pair(demo_run):
     assert list(saved["settings"]) == list(MISS_SETTINGS)
     assert list(saved["cross"]) == CROSS_PAIRS == list(trainer.cross_results)  # DeMo fills the other side's spectra
     for metrics in [*saved["settings"].values(), *saved["cross"].values()]:
-        assert set(metrics) == {"mAP", "Rank-1", "Rank-5", "Rank-10", "mINP"}
-        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+        assert_metrics(metrics)
     assert len({round(m["mAP"], 6) for m in saved["cross"].values()}) > 1  # the pairs differ
     log = (out / "train_log.txt").read_text()
     for term in ("moe.id", "moe.triplet", "ori.id", "ori.triplet", "query \\ gallery"):
@@ -119,24 +125,15 @@ def test_resume_reproduces_the_uninterrupted_run(demo_run, demo_root, tmp_path):
     _, reference, results = demo_run
     stop = len(reference.data.train_loader) + 5  # in epoch 2: after an evaluation, with Adam's moments under way
     opts = tiny_opts(demo_root, str(tmp_path), **DEMO_RUN)
-    first = stop_after_step(Trainer(load_config(None, opts)), stop)
-    with pytest.raises(TrainingInterrupted):
-        first.train()
+    first = interrupted_run(load_config(None, opts), stop)
     resumed = Trainer(load_config(None, opts), resume=True)
     assert resumed.train() == results
-    assert _losses(first.history) + _losses(resumed.history) == _losses(reference.history)
+    assert loss_steps(first.history, resumed.history) == loss_steps(reference.history)
     assert resumed.cross_results == reference.cross_results
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Checkpoints of the original DeMo code: test_net.py, conversion, another method's checkpoint.
-
-def _reference_weights():
-    spec = importlib.util.spec_from_file_location("reference_weights", REFERENCE / "reference_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def original_demo(tmp_path_factory):
@@ -146,84 +143,41 @@ def original_demo(tmp_path_factory):
         pytest.skip(f"{REFERENCE} holds no reference weights")
     root = tmp_path_factory.mktemp("original_demo")
     write_rgbnt201(str(root / "data"), rgbnt201_names([1, 2], [1, 2], 1), rgbnt201_names([5, 6], [1, 2], 1))
-    manifest = json.loads((REFERENCE / "manifests" / "demo_clip.json").read_text())
-    path = root / "DeMo.pth"
-    torch.save(_reference_weights().reference_state_dict(manifest, seed=0), path)
+    path = save_original_checkpoint(root / "DeMo.pth", "demo_clip")
     yield root / "data", path
     path.unlink()  # 400 MB
-
-
-def _test_net(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "test_net.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
-
-
-def _rgbnt201_opts(data, out, weight) -> list[str]:
-    return ["--config_file", RGBNT201_DEMO, "DATASETS.ROOT_DIR", str(data), "OUTPUT_DIR", str(out), "TEST.WEIGHT",
-            str(weight), "MODEL.DEVICE", "cpu", "TEST.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0"]
 
 
 @pytest.mark.parametrize("wrapping", ["plain", "module"])
 def test_test_net_evaluates_an_original_checkpoint_on_all_settings(original_demo, tmp_path, wrapping):
     data, weight = original_demo
     if wrapping == "module":  # saved from DataParallel
-        state = torch.load(weight, weights_only=True)
-        weight = tmp_path / "DeMo_module.pth"
-        torch.save({f"module.{k}": v for k, v in state.items()}, weight)
-        del state
-    proc = _test_net([*_rgbnt201_opts(data, tmp_path / "out", weight), "TEST.MISS", "all"])
-    if wrapping == "module":
-        weight.unlink()
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
-    assert "original DeMo layout" in proc.stdout + proc.stderr
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert list(results["settings"]) == list(MISS_SETTINGS)
-    for metrics in results["settings"].values():
-        assert set(metrics) == {"mAP", "Rank-1", "Rank-5", "Rank-10", "mINP"}
-        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+        weight = add_module_prefix(weight, tmp_path / "DeMo_module.pth")
+    try:
+        evaluate_original_checkpoint(RGBNT201_DEMO, data, weight, tmp_path / "out", "original DeMo layout")
+    finally:
+        if wrapping == "module":
+            weight.unlink()
 
 
 def test_converted_checkpoint_gives_the_original_features(original_demo, tmp_path):
     _, weight = original_demo
     converted = tmp_path / "DeMo_converted.pth"
-    proc = run_cli("convert_checkpoint", ["--config_file", RGBNT201_DEMO, "--input", str(weight), "--output",
-                                          str(converted)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cfg = load_config(RGBNT201_DEMO, ["MODEL.PRETRAIN_CHOICE", "none", "MODEL.DEVICE", "cpu"])
-    saved = torch.load(converted, weights_only=False)
-    assert (saved["num_classes"], saved["num_cameras"]) == (171, 4)
-    assert saved["arch"]["MODEL.META_ARCHITECTURE"] == "DeMo"
-    images, cams = _reference_weights().reference_inputs(2)
-    features = []
-    for path in (weight, converted):
-        model = model_from_checkpoint(cfg, str(path), log=False).model
-        with torch.no_grad():
-            features.append({s: model(images, cams, missing_spectra(s)) for s in ("nothing", "rt")})
-        del model
-    converted.unlink()  # 400 MB
-    for setting in ("nothing", "rt"):
-        assert features[0][setting].shape == (2, 10 * 512)
-        torch.testing.assert_close(features[1][setting], features[0][setting], rtol=0, atol=0)
-    assert not torch.equal(features[0]["nothing"], features[0]["rt"])
+    try:
+        check_conversion(RGBNT201_DEMO, weight, converted, (171, 4), "DeMo", 10 * 512)
+    finally:
+        converted.unlink(missing_ok=True)  # 400 MB
 
 
 @pytest.fixture(scope="module")
 def topreid_checkpoint(demo_root, tmp_path_factory):
     """A tiny TOP-ReID checkpoint of this project (untrained: only its method matters here)."""
-    from modeling import build_model
-    from modeling.checkpoint import model_payload
-    from utils.checkpoint import save_checkpoint
-
-    out = tmp_path_factory.mktemp("topreid_checkpoint")
-    cfg = load_config(None, tiny_opts(demo_root, str(out)))
-    path = out / "best.pth"
-    save_checkpoint(str(path), model_payload(build_model(cfg, 40, 4), cfg, 40, 4))
-    return path
+    return save_topreid_checkpoint(demo_root, tmp_path_factory.mktemp("topreid_checkpoint"))
 
 
 def test_another_methods_checkpoint_is_one_error_naming_the_method_key(topreid_checkpoint, tmp_path):
     (tmp_path / "data").mkdir()
-    proc = _test_net(_rgbnt201_opts(tmp_path / "data", tmp_path / "out", topreid_checkpoint))
+    proc = run_test_net(eval_args(RGBNT201_DEMO, tmp_path / "data", tmp_path / "out", topreid_checkpoint))
     error = assert_one_error_line(proc, "MODEL.META_ARCHITECTURE", "'TOPReID'", "'DeMo'")
     assert str(topreid_checkpoint) in error
     assert not (tmp_path / "out" / "results.json").exists()
@@ -231,9 +185,7 @@ def test_another_methods_checkpoint_is_one_error_naming_the_method_key(topreid_c
 
 def test_an_original_topreid_checkpoint_is_refused_naming_the_method_key(tmp_path):
     """A checkpoint of the original TOP-ReID code records its method by its layout."""
-    manifest = json.loads((REFERENCE / "manifests" / "topreid_deit_small_patch16_224.json").read_text())
-    path = tmp_path / "TOPReID.pth"
-    torch.save({f"module.{k}": torch.zeros(1) for k in list(manifest)[:20]}, path)  # the keys are what counts
+    path = save_key_layout(tmp_path / "TOPReID.pth", "topreid_deit_small_patch16_224", 20)  # the keys are what counts
     cfg = load_config(RGBNT201_DEMO, ["MODEL.PRETRAIN_CHOICE", "none"])
     with pytest.raises(CheckpointError, match=r"MODEL\.META_ARCHITECTURE = 'TOPReID', the config says 'DeMo'"):
         model_from_checkpoint(cfg, str(path))
@@ -252,99 +204,31 @@ def test_converting_for_another_method_is_refused(original_demo, tmp_path):
 # The research tools on the DeMo checkpoint.
 
 def test_tsne(demo_run, demo_root, tmp_path):
-    from tools import tsne
-
-    out = tmp_path / "tsne.png"
-    assert tsne.main([*_tool_opts(demo_run, demo_root, tmp_path, **{"TEST.MISS": "nt"}), "--max-ids", "4",
-                      "--size", "300", "--output", str(out)]) == 0
-    image = read_png(out)
-    assert image.shape == (300, 300, 3)
-    assert_not_blank(image)
+    check_tsne(_tool_opts(demo_run, demo_root, tmp_path, **{"TEST.MISS": "nt"}), tmp_path / "tsne.png")
 
 
 def test_rank_list(demo_run, demo_root, tmp_path):
-    from tools import rank_list
-
-    opts = _tool_opts(demo_run, demo_root, tmp_path, **{"TEST.MISS": "r"})
-    queries, topk = [0, 7, 100], 4
-    assert rank_list.main([*opts, "--queries", *map(str, queries), "--topk", str(topk), "--tile-height", "32",
-                           "--output", str(tmp_path / "ranks.png")]) == 0
-    assert_not_blank(read_png(tmp_path / "ranks.png"))
-    report = json.loads((tmp_path / "ranks.json").read_text())
-    # the ranking the evaluation makes from the predictor's features (L2-normalised, same camera and id = junk)
-    cfg = load_config(None, opts)
-    split = build_query_gallery(cfg)
-    feats = F.normalize(Predictor.from_config(cfg).record_features(split.records, ["r"])["r"], dim=1)
-    query, gallery = split.records[:split.num_query], split.records[split.num_query:]
-    gf = feats[split.num_query:]
-    for entry, q in zip(report["queries"], queries):
-        assert entry["query"] == q
-        dist = ((feats[q] - gf) ** 2).sum(1).numpy()
-        order = [int(i) for i in np.argsort(dist, kind="stable")
-                 if not (gallery[i].pid == query[q].pid and gallery[i].camid == query[q].camid)][:topk]
-        assert entry["ranked"] == order
-        np.testing.assert_allclose(entry["distances"], dist[order], atol=1e-5)
+    check_rank_list(_tool_opts(demo_run, demo_root, tmp_path, **{"TEST.MISS": "r"}), tmp_path, [0, 7, 100], 4)
 
 
 @pytest.fixture(scope="module")
 def demo_gallery_npz(demo_run, demo_root, tmp_path_factory):
-    from tools import extract_features
-
-    out = tmp_path_factory.mktemp("demo_features")
-    assert extract_features.main([*_tool_opts(demo_run, demo_root, out), "--split", "gallery"]) == 0
-    return out / "features_gallery_nothing.npz"
+    return extract_gallery(_tool_opts(demo_run, demo_root, tmp_path_factory.mktemp("demo_features")))
 
 
 def test_extract_features(demo_run, demo_root, demo_gallery_npz, tmp_path):
-    z = np.load(demo_gallery_npz)
-    cfg = load_config(None, _tool_opts(demo_run, demo_root, tmp_path))
-    split = build_query_gallery(cfg)
-    gallery = split.records[split.num_query:]
-    assert z["features"].shape == (len(gallery), 10 * 192)  # DeMo's cat[ori, moe]: 3 + 7 parts of vit_tiny's 192
-    assert list(z["names"]) == [r.name for r in gallery]
-    expected = F.normalize(Predictor.from_config(cfg).record_features(gallery[:5], ["nothing"])["nothing"], dim=1)
-    np.testing.assert_allclose(z["features"][:5], expected.numpy(), atol=1e-5, rtol=0)
+    # DeMo's cat[ori, moe]: 3 + 7 parts of vit_tiny's 192
+    check_extracted_gallery(demo_gallery_npz, _tool_opts(demo_run, demo_root, tmp_path), 10 * 192)
 
 
 def test_search(demo_gallery_npz, tmp_path):
-    from tools import search
-
-    out = tmp_path / "matches.json"
-    assert search.main(["--gallery", str(demo_gallery_npz), "--query-npz", str(demo_gallery_npz), "--topk", "3",
-                        "--output", str(out)]) == 0
-    found = json.loads(out.read_text())["queries"]
-    assert len(found) == 240
-    assert all(q["matches"][0]["index"] == q["index"] and abs(q["matches"][0]["distance"]) < 1e-5 for q in found)
+    check_search(demo_gallery_npz, tmp_path / "matches.json", 240)
 
 
 @pytest.mark.parametrize("setting", ["nothing", "r"])
 def test_export_onnx_features_match_pytorch(demo_run, demo_root, tmp_path, setting):
-    import onnxruntime as ort
-
-    from data.build import build_dataloader
-    from tools import export_onnx
-
-    path = tmp_path / f"demo_{setting}.onnx"
-    opts = _tool_opts(demo_run, demo_root, tmp_path, **{"TEST.MISS": setting})
-    assert export_onnx.main([*opts, "--output", str(path), "--check-images", "5"]) == 0
-    assert json.loads(path.with_suffix(".json").read_text())["max_abs_diff"] < 1e-4
-
-    cfg = load_config(None, opts)
-    model = Predictor.from_config(cfg).model
-    batch = next(iter(build_dataloader(cfg).test_loader))
-    images = {s: x[-11:] for s, x in batch["images"].items()}  # not the images of the tool's trace and check
-    cams = batch["camid"][-11:]
-    assert len(set(cams.tolist())) > 1
-    missing = missing_spectra(setting)
-    with torch.no_grad():
-        expected = model(images, cams, missing).numpy()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    available = [s for s in ("RGB", "NI", "TI") if s not in missing]
-    assert [i.name for i in session.get_inputs()] == [*available, "camids"]
-    feed = {**{s: images[s].numpy() for s in available}, "camids": cams.numpy()}
-    got = session.run(["feature"], feed)[0]
-    assert got.shape == expected.shape == (11, 10 * 192)
-    assert np.abs(got - expected).max() < 1e-4
+    check_onnx_export(_tool_opts(demo_run, demo_root, tmp_path, **{"TEST.MISS": setting}),
+                      tmp_path / f"demo_{setting}.onnx", 10 * 192)
 
 
 def _flops_add_up(model, count_params) -> dict[str, tuple[int, int]]:
@@ -391,56 +275,10 @@ def test_count_params(capsys):
         sum(p.numel() for p in clip.parameters())
 
 
-def _grad_cam_by_hand(model, images, cams, missing, size):
-    """Grad-CAM maps of each available spectrum written out: the last backbone block's first call in the forward
-    (the pass over the given images, spectra batched in model order), the gradient of f . f/|f| at its output,
-    channel weights = mean gradient over the patches, ReLU of the weighted sum, min-max scaled at the input size as
-    pytorch_grad_cam does."""
-    from pytorch_grad_cam.utils.image import scale_cam_image
-
-    block = model.backbone.blocks[-1]
-    outputs = []
-    handle = block.register_forward_hook(lambda module, inputs, output: outputs.append(output))
-    try:
-        with torch.enable_grad():
-            feature = model(images, cams, missing)
-            target = (feature * F.normalize(feature.detach(), dim=1)).sum()
-            grad = torch.autograd.grad(target, outputs[0])[0]
-    finally:
-        handle.remove()
-    available = list(images)
-    rows, cols = model.backbone.grid_size
-    maps = {}
-    for k, spectrum in enumerate(available):
-        act = outputs[0].detach().chunk(len(available))[k][:, 1:]
-        weights = grad.chunk(len(available))[k][:, 1:].mean(dim=1, keepdim=True)
-        cam = torch.relu((act * weights).sum(-1)).reshape(-1, rows, cols).numpy()
-        maps[spectrum] = scale_cam_image(scale_cam_image(cam, size))
-    return maps
-
-
 def test_grad_cam(demo_run, demo_root, tmp_path):
     """On a missing setting DeMo runs its backbone twice (the given images, then zero images for the missing
     spectrum): the maps are those of the first pass."""
-    from tools import grad_cam
-
-    samples = [0, 5, 130]
-    opts = _tool_opts(demo_run, demo_root, tmp_path, **{"TEST.MISS": "r"})
-    assert grad_cam.main([*opts, "--samples", *map(str, samples), "--tile-height", "64",
-                          "--output", str(tmp_path / "cam.png")]) == 0
-    assert_not_blank(read_png(tmp_path / "cam.png"))
-    z = np.load(tmp_path / "cam.npz")
-    assert list(z["spectra"]) == ["NI", "TI"] and z["maps"].shape == (3, 2, 64, 32)
-
-    cfg = load_config(None, opts)
-    predictor = Predictor.from_config(cfg)
-    records = build_query_gallery(cfg).records
-    batch = next(iter(predictor.loader([records[i] for i in samples], ["NI", "TI"])))
-    assert len(set(batch["camid"].tolist())) > 1
-    expected = _grad_cam_by_hand(predictor.model, batch["images"], batch["camid"], missing_spectra("r"), (32, 64))
-    for k, spectrum in enumerate(["NI", "TI"]):
-        assert all(np.ptp(m) > 0.5 for m in z["maps"][:, k])
-        np.testing.assert_allclose(z["maps"][:, k], expected[spectrum], atol=1e-3, rtol=0)
+    check_grad_cam(_tool_opts(demo_run, demo_root, tmp_path, **{"TEST.MISS": "r"}), tmp_path, [0, 5, 130])
 
 
 def test_plot_results(demo_run, tmp_path):
@@ -459,17 +297,6 @@ def test_plot_results(demo_run, tmp_path):
 
 def test_compile_finds_demo_backbone_blocks_and_keeps_the_features(demo_run, demo_root):
     """MODEL.COMPILE compiles the blocks a method has (before, only TOP-ReID's named parts were found: 0 for DeMo)."""
-    import copy
-
-    from modeling.compile import compile_blocks, is_compiled, transformer_blocks
-
-    model = copy.deepcopy(demo_run[1].model).eval()  # the shared run's model stays uncompiled
-    blocks = transformer_blocks(model)
-    assert len(blocks) == len(model.backbone.blocks) == 12
-    images = {s: torch.randn(2, 3, 64, 32) for s in model.spectra}
-    cams = torch.tensor([0, 1])
-    with torch.no_grad():
-        before = model(images, cams, missing={"RGB"})
-        assert compile_blocks(model, backend="eager") == 12 and all(is_compiled(b) for b in blocks)
-        after = model(images, cams, missing={"RGB"})
-    assert torch.allclose(before, after, atol=1e-5)
+    model = demo_run[1].model
+    assert len(model.backbone.blocks) == 12
+    check_compiled_blocks_keep_features(model, 12)

@@ -14,14 +14,18 @@ MODEL.META_ARCHITECTURE in lower case (``topreid_r.onnx``).
 The check runs the exported file with onnxruntime (CPU) on ``--check-images`` real test images (a batch size other
 than the one traced) and compares with PyTorch; the maximum absolute difference is logged and written with the
 inputs to ``<output>.json``, and above ``--atol`` the tool fails, as it does when onnxruntime cannot run the graph on
-that batch (a model whose test path branches on the batch's values, which the trace fixes). The graph is made by the
-TorchScript-based exporter (``dynamo=False``): the torch.export-based one needs the onnxscript package and, on the
-demo model, took about 15 times longer (14 s against 0.8 s) and did not keep the batch size dynamic.
+that batch (a model whose test path branches on the batch's values, which the trace fixes). A model with an
+``as_exported()`` context is compared within it: EDITOR's graph keeps, of tied selection scores, the lowest index
+(ONNX TopK's rule) where ``torch.topk`` on CPU picks its own way, so the graph and the eager model differ on samples
+with such ties. The graph is made by the TorchScript-based exporter (``dynamo=False``): the torch.export-based one
+needs the onnxscript package and, on the demo model, took about 15 times longer (14 s against 0.8 s) and did not keep
+the batch size dynamic.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -124,7 +128,9 @@ def run(args: argparse.Namespace) -> float:
 
     path = output_path(cfg, args.output, f"{cfg.MODEL.META_ARCHITECTURE.lower()}_{setting}.onnx")
     export(extractor, example, path, args.opset)
-    with torch.no_grad():
+    # A method whose graph breaks ties otherwise than eager PyTorch (EDITOR's top-k selections) is compared in the
+    # context in which it computes what the graph computes.
+    with torch.no_grad(), getattr(predictor.model, "as_exported", contextlib.nullcontext)():
         reference = extractor(*[images[s] for s in spectra], camids).numpy()
     try:
         result, graph_inputs = onnx_features(path, {**{s: images[s].numpy() for s in spectra},

@@ -12,6 +12,8 @@ tools names a method:
     handling a missing spectrum its own way (TOP-ReID reconstructs it with CRM; DeMo zero-fills its image);
   * ``takes_labels`` (optional, default False): the training forward is called as ``forward(images, cam_label,
     labels=pids)``, for a method whose training forward uses the identities of the batch;
+  * ``as_exported()`` (optional): a context in which the model computes what its ONNX export computes, where the
+    two can differ (EDITOR: ties of its top-k selections); ``tools/export_onnx.py`` checks the graph within it;
   * ``backbone_prefix``: the parameter-name prefix of its backbone, for the backbone's learning rate;
   * ``fills_missing``: whether a missing spectrum's part of the feature is filled (reconstructed, or computed from a
     zero image) rather than zero, which cross-spectral pairs without a common spectrum need;

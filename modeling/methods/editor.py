@@ -17,7 +17,8 @@ One ImageNet ViT shared by RGB, NI and TI (a registry backbone that also returns
   returned as the heads ``RGB``, ``NI``, ``TI`` (AL 0).
 - Auxiliary losses: BCC (background consistency: the backbone's dropped patch tokens agree across spectra) and
   OCFR (object-centric feature refinement: the normalised CLS of X_s is pulled to its identity's centre, a class
-  memory updated in the training forward before the loss; the centres are buffers, saved in checkpoints).
+  memory updated in the training forward before the loss; the centres are buffers, saved in checkpoints; under
+  torchrun the update is the global batch's, so every rank holds the same centres).
 
 Missing spectra at test time (``TEST.MISS``; the original has no such mode): the field's zero-fill, as DeMo's. A
 missing spectrum's normalised image is all zeros: it goes through the backbone (tokens and attention; computed once
@@ -26,9 +27,10 @@ per camera of a batch) and counts as zeros in the spectral mean of the frequency
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -43,6 +45,7 @@ from modeling.backbones import build_backbone
 from modeling.methods.editor_convert import convert_editor_state_dict, is_editor_layout
 from modeling.methods.registry import OriginalLayout, register_method
 from modeling.pretrained import load_imagenet_weights
+from utils import distributed as du
 from utils.spectra import SPECTRA
 
 logger = logging.getLogger("modeling")
@@ -90,10 +93,14 @@ def head_keep_k(num_tokens: int, head_keep: int) -> int:
     return int(num_tokens * ((1 / num_tokens) * head_keep))
 
 
-def topk_mask(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_mask(scores: torch.Tensor, k: int, lowest_index_ties: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(sorted indices [B, k], mask [B, N]) of the k largest of ``scores`` [B, N] per row. ``torch.topk`` on the
-    [B, N] tensor, as the original: its choice among equal scores (frequency counts tie often) is the original's."""
-    indices = torch.topk(scores, k, dim=1).indices.sort(dim=1).values
+    [B, N] tensor, as the original: its choice among equal scores (frequency counts tie often) is the original's.
+    ``lowest_index_ties``: of equal scores the lowest index first, as ONNX TopK (an exported graph) keeps them."""
+    if lowest_index_ties:
+        indices = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k].sort(dim=1).values
+    else:
+        indices = torch.topk(scores, k, dim=1).indices.sort(dim=1).values
     mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     mask = mask.scatter(1, indices, torch.ones_like(indices, dtype=torch.bool))
     return indices, mask
@@ -119,20 +126,22 @@ def frequency_score(mean_image: torch.Tensor, grid: Sequence[int], window: int =
 
 class SFTS(nn.Module):
     """Spatial-frequency token selection (no parameters): ``head_k`` patches per spectrum and attention head by
-    attention rollout, ``frequency_keep`` patches by :func:`frequency_score`, united into one mask."""
+    attention rollout, ``frequency_keep`` patches by :func:`frequency_score`, united into one mask.
+    ``lowest_index_ties`` (see :meth:`EDITOR.as_exported`): ties broken as an exported ONNX graph breaks them."""
 
     def __init__(self, head_k: int, frequency_keep: int, grid: Sequence[int]) -> None:
         super().__init__()
         self.head_k, self.frequency_keep, self.grid = head_k, frequency_keep, tuple(grid)
+        self.lowest_index_ties = False
 
     def forward(self, rollouts: Mapping[str, torch.Tensor], mean_image: torch.Tensor) -> Selection:
         head_topk, spatial = {}, {}
         for s, rollout in rollouts.items():
-            picks = [topk_mask(rollout[:, h], self.head_k) for h in range(rollout.shape[1])]
+            picks = [topk_mask(rollout[:, h], self.head_k, self.lowest_index_ties) for h in range(rollout.shape[1])]
             head_topk[s] = torch.stack([indices for indices, _ in picks], dim=1)
             spatial[s] = torch.stack([mask for _, mask in picks]).any(dim=0)
         score = frequency_score(mean_image, self.grid)
-        frequency_topk, frequency = topk_mask(score, self.frequency_keep)
+        frequency_topk, frequency = topk_mask(score, self.frequency_keep, self.lowest_index_ties)
         mask = torch.stack([*spatial.values(), frequency]).any(dim=0)
         return Selection(head_topk, spatial, score, frequency_topk, frequency, mask)
 
@@ -243,7 +252,12 @@ class OCFR(nn.Module):
     """Object-centric feature refinement: a class memory per spectrum (``<S>_centers`` [classes, D], buffers saved
     with the model). ``forward(cls, labels)`` L2-normalises each spectrum's CLS feature, first sets the centre of
     every identity y of the batch to 0.8 * (mean of its features) + 0.2 * (its centre), in place and without
-    gradient, then returns the sum over spectra of the mean squared distance of the features to their centres."""
+    gradient, then returns the sum over spectra of the mean squared distance of the features to their centres.
+
+    Under torchrun the update is the global batch's (:meth:`update_across_ranks`): every rank applies the same one,
+    so the ranks' centres stay equal. (The original's centres are parameters without gradient, which
+    DistributedDataParallel never synchronises: each rank kept its own and rank 0's were saved. As buffers, DDP's
+    broadcast of rank 0's buffers before each forward would discard the other ranks' updates.)"""
 
     def __init__(self, spectra: Sequence[str], num_classes: int, dim: int, momentum: float = OCFR_MOMENTUM) -> None:
         super().__init__()
@@ -258,17 +272,37 @@ class OCFR(nn.Module):
 
     def forward(self, cls: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         identities = identity_blocks(labels)
+        features = {s: F.normalize(cls[s], dim=1) for s in self.spectra}
+        with torch.no_grad():
+            if du.is_distributed():
+                self.update_across_ranks(features, labels)
+            else:
+                for s in self.spectra:
+                    centers = self.centers(s)
+                    means = torch.stack([features[s][labels == y].mean(dim=0) for y in identities]).to(centers.dtype)
+                    momentum = self.momentum.to(centers.device)
+                    centers[identities] = momentum * means + (1 - momentum) * centers[identities]
         loss = None
         for s in self.spectra:
-            features = F.normalize(cls[s], dim=1)
-            centers = self.centers(s)
-            with torch.no_grad():
-                means = torch.stack([features[labels == y].mean(dim=0) for y in identities]).to(centers.dtype)
-                momentum = self.momentum.to(centers.device)
-                centers[identities] = momentum * means + (1 - momentum) * centers[identities]
-            term = F.mse_loss(centers[labels], features)
+            term = F.mse_loss(self.centers(s)[labels], features[s])
             loss = term if loss is None else loss + term
         return loss
+
+    def update_across_ranks(self, features: Mapping[str, torch.Tensor], labels: torch.Tensor) -> None:
+        """The update from the global batch of all ranks: each rank sums its normalised features per identity and
+        counts them, one all-reduce adds the ranks' sums, and every rank sets each identity of the global batch to
+        0.8 * (mean over all its images in the global batch) + 0.2 * (its centre)."""
+        first = self.centers(self.spectra[0])
+        dim = first.shape[1]
+        rows = torch.cat([*(features[s].to(first.dtype) for s in self.spectra), first.new_ones(len(labels), 1)], dim=1)
+        sums = first.new_zeros(first.shape[0], rows.shape[1]).index_add_(0, labels, rows)  # [classes, S * D + 1]
+        torch.distributed.all_reduce(sums)
+        present = sums[:, -1].nonzero().squeeze(1)
+        means = sums[present, :-1] / sums[present, -1:]
+        momentum = self.momentum.to(first.device)
+        for k, s in enumerate(self.spectra):
+            centers = self.centers(s)
+            centers[present] = momentum * means[:, k * dim:(k + 1) * dim] + (1 - momentum) * centers[present]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -412,6 +446,19 @@ class EDITOR(nn.Module):
             store.update({c: (tokens[i:i + 1], rollout[i:i + 1]) for i, c in enumerate(todo)})
         return SpectrumTokens(torch.cat([store[c][0] for c in ids]), torch.cat([store[c][1] for c in ids]), None)
 
+    @contextlib.contextmanager
+    def as_exported(self) -> Iterator[None]:
+        """Within it the model computes what its ONNX export computes: SFTS keeps, of equal scores, the lowest
+        index (ONNX TopK's rule; ``torch.topk`` on CPU picks among ties its own way). The exported graph differs from
+        the model only on samples whose scores tie at the k-th place; ``tools/export_onnx.py`` checks the graph against
+        the model in this context."""
+        before = self.sfts.lowest_index_ties
+        self.sfts.lowest_index_ties = True
+        try:
+            yield
+        finally:
+            self.sfts.lowest_index_ties = before
+
     def test_feature(self, fused: EditorFeatures) -> torch.Tensor:
         return fused.feature if self.neck_feat == "before" else self.heads["fuse"].neck(fused.feature)
 
@@ -430,8 +477,9 @@ class EDITOR(nn.Module):
         return self.test_feature(self.fuse({s: full[s] for s in self.spectra}))
 
     def forward(self, images: Mapping[str, torch.Tensor], cam_label: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, missing: Collection[str] = frozenset(),
+                missing: Collection[str] = frozenset(), labels: torch.Tensor | None = None,
                 ) -> dict[str, dict[str, Any]] | torch.Tensor:
+        # ``missing`` third, as every method's forward (the tools call ``model(images, cams, missing)``).
         if not self.training:
             missing = self.resolve_missing(missing)
             tokens = self.backbone_tokens({s: x for s, x in images.items() if s not in missing}, cam_label)
