@@ -13,14 +13,16 @@ per sample and with DATALOADER.CACHE_IMAGES, against a plain per-spectrum PIL + 
 decoder's worst case);
 (5) `loader`: the training loader's samples/s per worker with DATALOADER.CACHE_IMAGES on a synthetic RGBNT201-like set,
 and the workers needed for 1,500 samples/s (extrapolated); (6) `cuda`: the train step of ViT-B/16, DeiT-S/16 and
-T2T-ViT-24 at batch 128 in fp32, bf16 and bf16 with compiled blocks (samples/s, MFU, peak memory); `demo`: the same
-train step and the seven-setting table (as `eval`) for DeMo with CLIP ViT-B/16 (benchmarks/bench_demo.py); (7)
-`epoch`: an epoch of a synthetic RGBNT201-sized set through the real Trainer and loader; (8) `eval`: the seven-setting
-table on a 1,715 x 8,575 test set. (6)-(8) and `demo` need a GPU, or `--smoke` (tiny sizes, any device; see
+T2T-ViT-24 at batch 128 in fp32, bf16 and bf16 with compiled blocks (samples/s, MFU, peak memory); `demo` and
+`editor`: the same train step and the seven-setting table (as `eval`) for DeMo with CLIP ViT-B/16
+(benchmarks/bench_demo.py) and for EDITOR with ViT-B/16 (benchmarks/bench_editor.py); (7) `epoch`: an epoch of a
+synthetic RGBNT201-sized set through the real Trainer and loader; (8) `eval`: the seven-setting table on a 1,715 x
+8,575 test set. (6)-(8), `demo` and `editor` need a GPU, or `--smoke` (tiny sizes, any device; see
 benchmarks/bench_gpu.py).
-DeMo against its original code on CPU is benchmarks/bench_demo.py run on its own (it needs a checkout of that code).
+DeMo and EDITOR against their original code on CPU are benchmarks/bench_demo.py and benchmarks/bench_editor.py, run
+on their own (each needs a checkout of that code).
 
-    bash benchmarks/device_check.sh   # on a GPU machine: CUDA tests, sections (6)-(8) and demo, into ${OUT:-bench_out}
+    bash benchmarks/device_check.sh   # on a GPU machine: CUDA tests, (6)-(8), demo, editor, into ${OUT:-bench_out}
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks import bench_demo, bench_gpu  # noqa: E402
+from benchmarks import bench_demo, bench_editor, bench_gpu  # noqa: E402
 from benchmarks.synthetic import pixels  # noqa: E402
 from configs import load_config  # noqa: E402
 
@@ -290,8 +292,9 @@ def bench_input_pipeline(n: int, repeats: int) -> dict:
     return results
 
 
-SECTIONS = ("metrics", "missing", "cross", "train", "input", "loader", "cuda", "demo", "epoch", "eval")
-GPU_SECTIONS = ("cuda", "demo", "epoch", "eval")  # measured only on a GPU, or with --smoke (tiny sizes, any device)
+SECTIONS = ("metrics", "missing", "cross", "train", "input", "loader", "cuda", "demo", "editor", "epoch", "eval")
+# Measured only on a GPU, or with --smoke (tiny sizes, any device).
+GPU_SECTIONS = ("cuda", "demo", "editor", "epoch", "eval")
 
 
 def main() -> None:
@@ -363,6 +366,7 @@ def main() -> None:
         save()
     for name, bench, report in (("cuda", bench_gpu.bench_train_step, bench_gpu.train_step_lines),
                                 ("demo", bench_demo.bench_device_section, bench_demo.device_section_lines),
+                                ("editor", bench_editor.bench_device_section, bench_editor.device_section_lines),
                                 ("epoch", bench_gpu.bench_epoch, bench_gpu.epoch_lines),
                                 ("eval", bench_gpu.bench_eval, bench_gpu.eval_lines)):
         if name not in sections:
@@ -371,7 +375,8 @@ def main() -> None:
             lines.append(f"{name}: no GPU on this machine; section not measured (--smoke runs it with tiny sizes)")
             continue
         key = f"{name}_smoke" if args.smoke else name
-        if name in ("cuda", "demo"):  # written after each measurement: a section cut short keeps what it measured
+        # Written after each measurement: a section cut short keeps what it measured.
+        if name in ("cuda", "demo", "editor"):
             def measured(partial: dict, key: str = key, report: Callable[[dict], list[str]] = report) -> None:
                 results[key] = partial
                 save()
