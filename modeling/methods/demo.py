@@ -39,6 +39,7 @@ from modeling.backbones import build_backbone
 from modeling.backbones.vit import ViTBackbone, is_timm_vit, run_blocks
 from modeling.methods.demo_convert import convert_demo_state_dict, is_demo_layout
 from modeling.methods.registry import OriginalLayout, register_method
+from modeling.methods.zero_fill import resolve_missing, zero_image_passes
 from modeling.pretrained import clip_to_timm, load_imagenet_weights
 from utils.checkpoint import CheckpointError, safe_load, unwrap_state_dict
 from utils.spectra import LETTERS, SPECTRA
@@ -345,33 +346,14 @@ class DeMo(nn.Module):
 
     def resolve_missing(self, missing: Collection[str]) -> frozenset[str]:
         """``missing`` as a set of the model's spectra; raises for unknown names or when all are missing."""
-        missing = frozenset(missing)
-        unknown = sorted(missing - set(self.spectra))
-        if unknown:
-            raise ValueError(f"unknown spectra {unknown} in missing; known: {', '.join(self.spectra)}")
-        if len(missing) == len(self.spectra):
-            raise ValueError(f"every spectrum the model uses ({', '.join(self.spectra)}) is missing")
-        return missing
+        return resolve_missing(self.spectra, missing)
 
     def zero_image_tokens(self, batch: int, cams: torch.Tensor | None, cache: dict | None = None) -> torch.Tensor:
-        """Backbone tokens [batch, 1 + N, D] of an all-zero normalised image (a missing spectrum) for each sample.
-
-        They depend only on the camera id, so the backbone runs once per camera not yet in ``cache`` (a dict
-        shared by the settings of one batch) on a batch of zero images, and the result is expanded to the samples.
-        """
-        if torch.jit.is_tracing():  # a traced graph (ONNX) follows the batch's size and cameras: no per-camera cache
-            param = next(self.backbone.parameters())
-            return self.run_backbone(param.new_zeros(batch, 3, *self.img_size), cams)
-        store: dict[Any, torch.Tensor] = cache.setdefault("demo_zero_image", {}) if cache is not None else {}
-        ids = [None] * batch if cams is None else [int(c) for c in cams.tolist()]
-        todo = sorted({c for c in ids if c not in store}, key=lambda c: -1 if c is None else c)
-        if todo:
-            param = next(self.backbone.parameters())
-            zeros = torch.zeros(len(todo), 3, *self.img_size, device=param.device, dtype=param.dtype)
-            run_cams = None if cams is None else torch.tensor(todo, device=cams.device, dtype=cams.dtype)
-            tokens = self.run_backbone(zeros, run_cams)
-            store.update({c: tokens[i:i + 1] for i, c in enumerate(todo)})
-        return torch.cat([store[c] for c in ids])
+        """Backbone tokens [batch, 1 + N, D] of an all-zero normalised image (a missing spectrum) for each sample,
+        once per camera of a batch (:func:`modeling.methods.zero_fill.zero_image_passes`)."""
+        (tokens,) = zero_image_passes(lambda x, c: (self.run_backbone(x, c),), next(self.backbone.parameters()),
+                                      self.img_size, batch, cams, cache, "demo_zero_image")
+        return tokens
 
     def test_feature(self, fused: DeMoFeatures) -> torch.Tensor:
         if self.feature == "ori":

@@ -44,6 +44,7 @@ from layers.bnneck import BNNeckHead
 from modeling.backbones import build_backbone
 from modeling.methods.editor_convert import convert_editor_state_dict, is_editor_layout
 from modeling.methods.registry import OriginalLayout, register_method
+from modeling.methods.zero_fill import resolve_missing, zero_image_passes
 from modeling.pretrained import load_imagenet_weights
 from utils import distributed as du
 from utils.spectra import SPECTRA
@@ -417,34 +418,14 @@ class EDITOR(nn.Module):
 
     def resolve_missing(self, missing: Collection[str]) -> frozenset[str]:
         """``missing`` as a set of the model's spectra; raises for unknown names or when all are missing."""
-        missing = frozenset(missing)
-        unknown = sorted(missing - set(self.spectra))
-        if unknown:
-            raise ValueError(f"unknown spectra {unknown} in missing; known: {', '.join(self.spectra)}")
-        if len(missing) == len(self.spectra):
-            raise ValueError(f"every spectrum the model uses ({', '.join(self.spectra)}) is missing")
-        return missing
+        return resolve_missing(self.spectra, missing)
 
     def zero_image_tokens(self, batch: int, cams: torch.Tensor | None, cache: dict | None = None) -> SpectrumTokens:
-        """The backbone pass of an all-zero normalised image (a missing spectrum) for each sample.
-
-        It depends only on the camera id, so the backbone runs once per camera not yet in ``cache`` (a dict shared
-        by the settings of one batch) on a batch of zero images, and the result is expanded to the samples.
-        """
-        param = next(self.backbone.parameters())
-        if torch.jit.is_tracing():  # a traced graph (ONNX) follows the batch's size and cameras: no per-camera cache
-            tokens, rollout = self.run_backbone(param.new_zeros(batch, 3, *self.img_size), cams)
-            return SpectrumTokens(tokens, rollout, None)
-        store: dict[Any, tuple[torch.Tensor, torch.Tensor]] = \
-            cache.setdefault("editor_zero_image", {}) if cache is not None else {}
-        ids = [None] * batch if cams is None else [int(c) for c in cams.tolist()]
-        todo = sorted({c for c in ids if c not in store}, key=lambda c: -1 if c is None else c)
-        if todo:
-            zeros = torch.zeros(len(todo), 3, *self.img_size, device=param.device, dtype=param.dtype)
-            run_cams = None if cams is None else torch.tensor(todo, device=cams.device, dtype=cams.dtype)
-            tokens, rollout = self.run_backbone(zeros, run_cams)
-            store.update({c: (tokens[i:i + 1], rollout[i:i + 1]) for i, c in enumerate(todo)})
-        return SpectrumTokens(torch.cat([store[c][0] for c in ids]), torch.cat([store[c][1] for c in ids]), None)
+        """The backbone pass of an all-zero normalised image (a missing spectrum) for each sample, once per camera
+        of a batch (:func:`modeling.methods.zero_fill.zero_image_passes`)."""
+        tokens, rollout = zero_image_passes(self.run_backbone, next(self.backbone.parameters()), self.img_size, batch,
+                                            cams, cache, "editor_zero_image")
+        return SpectrumTokens(tokens, rollout, None)
 
     @contextlib.contextmanager
     def as_exported(self) -> Iterator[None]:
